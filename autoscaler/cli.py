@@ -1,0 +1,82 @@
+"""`autoscaler` command line: check-config, simulate (and run, once the daemon is wired)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from autoscaler.configload import ConfigError, load_config
+from autoscaler.simulate import TraceError, parse_trace
+from autoscaler.simulate import run as run_simulation
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"config has {len(exc.issues)} error(s):", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoscaler", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    check = sub.add_parser("check-config", help="validate a config file; list every error")
+    check.add_argument("path", nargs="?", default="config.yaml")
+    check.set_defaults(func=_check_config)
+
+    sim = sub.add_parser("simulate", help="replay a load trace through the scaling engine")
+    sim.add_argument("--config", default="config.yaml")
+    sim.add_argument("--trace", required=True, help="CSV: t,sessions[,memory_fraction]")
+    sim.add_argument("--tick", type=float, default=1.0, help="simulated seconds per pass")
+    sim.add_argument(
+        "--start-delay", type=float, default=30.0, help="seconds until a shard is ready"
+    )
+    sim.add_argument("--drain-seconds", type=float, default=10.0, help="seconds a drain takes")
+    sim.add_argument("--summary-only", action="store_true", help="print only the summary line")
+    sim.set_defaults(func=_simulate)
+    return parser
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.path)
+    policy = config.policy
+    shards = f"{policy.min_shards}..{policy.max_shards}"
+    print(
+        f"{args.path}: ok (runtime {config.runtime.kind}, shards {shards}"
+        f" x {config.shard.max_sessions} sessions, {len(policy.schedules)} schedule(s)"
+        f"{', dry run' if policy.dry_run else ''})"
+    )
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    if args.tick <= 0 or args.start_delay < 0 or args.drain_seconds < 0:
+        print("--tick must be > 0; --start-delay and --drain-seconds >= 0", file=sys.stderr)
+        return 2
+    config = load_config(args.config)
+    try:
+        with open(args.trace) as handle:
+            points = parse_trace(handle.read(), args.trace)
+    except (OSError, TraceError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    out = sys.stdout
+    for record in run_simulation(config, points, args.tick, args.start_delay, args.drain_seconds):
+        if args.summary_only and "summary" not in record:
+            continue
+        out.write(json.dumps(record, separators=(",", ":")) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
