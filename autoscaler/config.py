@@ -194,18 +194,35 @@ class NginxSettings(Frozen):
     """Render and reload nginx. Off: the shards' own forwarding still routes every request."""
     template_dir: str = "nginx_templates"
     """Jinja2 templates; relative paths are read from the config file's folder."""
-    config_path: str = "/etc/nginx/conf.d/chatscale.conf"
-    """Where the rendered front config is written (atomically, after `nginx -t`)."""
+    config_path: str = "/etc/chatscale/nginx/nginx.conf"
+    """The complete nginx.conf chatscale renders; nginx runs with `-c` pointing here. Written
+    atomically, and only after `nginx -t` passed on exactly this text."""
     listen: int = Field(default=3000, ge=1, le=65535)
     """Port clients (e.g. a Laravel app) talk to."""
     binary: str = "nginx"
-    """nginx executable used for `nginx -t` and, in local mode, `-s reload`."""
-    main_config: str | None = None
-    """nginx.conf that includes config_path; used for `nginx -t`. None: nginx's default."""
+    """nginx executable used for `nginx -t` (and, for a local nginx, `-s reload`)."""
     container: str | None = None
-    """Docker: name of the nginx container to send SIGHUP to. None: reload the local nginx."""
+    """Docker: name of the nginx container to send SIGHUP to. None: reload a local nginx."""
+    pid_path: str = "/run/chatscale-nginx.pid"
+    """Pid file of the nginx master; a local reload signals this process."""
+    runtime_dir: str = "/var/lib/chatscale/nginx"
+    """Folder for nginx's temporary files (request bodies, proxy buffers)."""
+    access_log: str = "/var/log/nginx/chatscale-access.log"
+    """Access log; each line records the session id and the shard that served it."""
+    error_log: str = "/var/log/nginx/chatscale-error.log"
+    """Error log of the front."""
+    worker_processes: int = Field(default=0, ge=0)
+    """nginx worker processes; 0 means one per CPU (`auto`)."""
+    worker_shutdown_timeout: PositiveFloat = 30.0
+    """Seconds old workers get to finish requests in flight after a reload."""
     client_max_body_size: Size = "16m"
     """Largest request body the front accepts (media messages)."""
+    connect_timeout: PositiveFloat = 3.0
+    """Seconds to connect to a shard before the request fails over."""
+    read_timeout: PositiveFloat = 120.0
+    """Seconds a shard may take to answer (QR codes and sends drive a browser)."""
+    upstream_keepalive: int = Field(default=16, ge=0)
+    """Idle keep-alive connections each nginx worker keeps per shard."""
     reload: ReloadSettings = ReloadSettings()
 
 

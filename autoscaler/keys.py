@@ -1,0 +1,59 @@
+"""Names of every Redis key the system uses; see docs/redis-schema.md for what each holds.
+
+Shards and the autoscaler build key names only through this class, so the schema has one home.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "cs:"
+
+    @property
+    def shards(self) -> str:
+        """ZSET shard id -> time of its last heartbeat (epoch seconds)."""
+        return f"{self.prefix}shards"
+
+    def shard(self, shard_id: str) -> str:
+        """HASH heartbeat of one shard, with a TTL of the heartbeat timeout (its lease)."""
+        return f"{self.prefix}shard:{shard_id}"
+
+    def shard_sessions(self, shard_id: str) -> str:
+        """SET of the session ids a shard owns; its size is checked atomically on every claim."""
+        return f"{self.prefix}shard:{shard_id}:sessions"
+
+    def session(self, session_id: str) -> str:
+        """HASH registry record of one session: owner, fencing token, status, metadata."""
+        return f"{self.prefix}session:{session_id}"
+
+    def snapshot(self, session_id: str) -> str:
+        """HASH {token, saved_at, data}: compressed browser auth state of one session."""
+        return f"{self.prefix}snapshot:{session_id}"
+
+    @property
+    def pending(self) -> str:
+        """ZSET session id -> time a create was refused for lack of room (demand not yet placed)."""
+        return f"{self.prefix}pending"
+
+    @property
+    def ring(self) -> str:
+        """STRING JSON: the shards in nginx's hash ring as last applied by the autoscaler."""
+        return f"{self.prefix}ring"
+
+    @property
+    def events(self) -> str:
+        """STREAM of autoscaler actions and their reasons, capped."""
+        return f"{self.prefix}events"
+
+    @property
+    def leader(self) -> str:
+        """STRING lock held by the acting autoscaler, with a TTL."""
+        return f"{self.prefix}leader"
+
+    @property
+    def nudge(self) -> str:
+        """Pub/sub channel: a shard that became full asks for a reconcile pass now."""
+        return f"{self.prefix}nudge"

@@ -1,0 +1,50 @@
+"""Fixtures shared by every test layer: a real Redis server owned by the test session."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from support.procs import free_port, require_binary, start, stop, wait_for
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server on a free loopback port; yields its base URL."""
+    binary = require_binary("redis-server")
+    port = free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = start([*argv, "--dir", str(folder)], folder / "redis.log")
+    client = redis.Redis(port=port)
+    wait_for(lambda: bool(client.ping()), 10, "redis-server")
+    yield f"redis://127.0.0.1:{port}"
+    client.close()
+    stop(proc)
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """A freshly flushed database on the session's Redis (the arq pattern: flush per test)."""
+    client = redis.Redis.from_url(f"{redis_server}/0")
+    client.flushall()
+    client.close()
+    return f"{redis_server}/0"
+
+
+@pytest.fixture
+async def aredis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests save screenshots and logs for a human to look at (kept after the run)."""
+    path = Path(__file__).resolve().parents[1] / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path
