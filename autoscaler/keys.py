@@ -34,6 +34,12 @@ class Keys:
         return f"{self.prefix}snapshot:{session_id}"
 
     @property
+    def orphans(self) -> str:
+        """SET of sessions released while they should keep running (e.g. a shard shut down)
+        and not yet claimed again; the autoscaler places them."""
+        return f"{self.prefix}orphans"
+
+    @property
     def pending(self) -> str:
         """ZSET session id -> time a create was refused for lack of room (demand not yet placed)."""
         return f"{self.prefix}pending"

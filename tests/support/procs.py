@@ -51,14 +51,15 @@ def start(
     argv: Sequence[str], log: Path, env: dict[str, str] | None = None, new_group: bool = True
 ) -> subprocess.Popen[bytes]:
     """Start a child process with its output in `log`, in its own process group."""
-    handle = log.open("ab")
-    return subprocess.Popen(
-        list(argv),
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
-        start_new_session=new_group,
-    )
+    # The child keeps its own copy of the descriptor; the parent's is closed right away.
+    with log.open("ab") as handle:
+        return subprocess.Popen(
+            list(argv),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=new_group,
+        )
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

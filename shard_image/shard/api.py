@@ -1,0 +1,394 @@
+"""The shard's HTTP API. The session id is always in the path, so nginx can route on it.
+
+Requests for sessions that live elsewhere are forwarded to their owner (see routing.py); creates
+are placed on the session's ring owner, or the next shard clockwise with room.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from autoscaler.ids import InvalidSessionId, check_session_id
+from shard.drivers import MAX_TEXT, DriverError, Unsupported
+from shard.errors import Handler, json_error
+from shard.registry import Full, OwnedElsewhere
+from shard.routing import FORWARDED_BY
+from shard.sessions import Draining, LiveSession, NotHere, SessionSpec
+from shard.state import SHARD, Shard
+
+_OPEN_PATHS = {"/health", "/metrics"}
+_SPEC_KEYS = {"driver", "options", "workspace_id", "account_id"}
+_REF_MAX = 128
+
+
+class BadRequest(Exception):
+    """The request is malformed; the message says what to fix."""
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/health", health),
+        web.get("/metrics", metrics),
+        web.get("/api/sessions", list_sessions),
+        web.post("/api/sessions", create_legacy),
+        web.put("/api/sessions/{id}", put_session),
+        web.get("/api/sessions/{id}", get_session),
+        web.delete("/api/sessions/{id}", delete_session),
+        web.post("/api/sessions/{id}/stop", stop_session),
+        web.get("/api/sessions/{id}/qr", get_qr),
+        web.get("/api/sessions/{id}/screenshot", get_screenshot),
+        web.post("/api/sessions/{id}/messages", send_message),
+        web.post("/admin/drain", drain),
+        web.post("/admin/undrain", undrain),
+    ]
+
+
+# --- middleware -----------------------------------------------------------------------------
+
+
+@web.middleware
+async def bad_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except (BadRequest, InvalidSessionId) as exc:
+        return json_error(400, str(exc))
+    except Unsupported as exc:
+        return json_error(501, str(exc))
+    except DriverError as exc:
+        return json_error(409, str(exc))
+
+
+@web.middleware
+async def api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """X-Api-Key, compared in constant time; the older POST form may carry it in the body."""
+    key = request.app[SHARD].settings.api_key
+    legacy_create = request.method == "POST" and request.path == "/api/sessions"
+    checked = key and request.path not in _OPEN_PATHS and not legacy_create
+    if checked and not key_matches(request.headers.get("X-Api-Key", ""), key):
+        return json_error(401, "missing or wrong X-Api-Key")
+    return await handler(request)
+
+
+@web.middleware
+async def shard_header(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    response.headers.setdefault("X-Shard-Id", request.app[SHARD].settings.shard_id)
+    return response
+
+
+def key_matches(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+# --- request parsing ------------------------------------------------------------------------
+
+
+async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
+    """The JSON object body (empty body: {}) and the raw bytes for forwarding."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}, raw
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body, raw
+
+
+def path_id(request: web.Request) -> str:
+    return check_session_id(request.match_info["id"])
+
+
+def spec_from(body: dict[str, Any]) -> SessionSpec:
+    unknown = set(body) - _SPEC_KEYS
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+    driver = body.get("driver", "whatsapp")
+    options = body.get("options", {})
+    if not isinstance(driver, str):
+        raise BadRequest("driver must be a string")
+    if not isinstance(options, dict):
+        raise BadRequest("options must be an object")
+    return SessionSpec(driver, options, _ref(body, "workspace_id"), _ref(body, "account_id"))
+
+
+def _ref(body: dict[str, Any], key: str) -> str:
+    value = body.get(key, "")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise BadRequest(f"{key} must be a string or a number")
+    text = str(value)
+    if len(text) > _REF_MAX:
+        raise BadRequest(f"{key} is longer than {_REF_MAX} characters")
+    return text
+
+
+# --- views ----------------------------------------------------------------------------------
+
+
+def live_view(shard: Shard, session: LiveSession) -> dict[str, Any]:
+    return {
+        "id": session.id,
+        "status": session.status.value,
+        "shard": shard.settings.shard_id,
+        "driver": session.spec.driver,
+        "workspace_id": session.spec.workspace_id,
+        "account_id": session.spec.account_id,
+        "error": session.error or None,
+        "token": session.token,
+    }
+
+
+def record_view(sid: str, record: dict[str, str]) -> dict[str, Any]:
+    return {
+        "id": sid,
+        "status": record.get("status", "STOPPED"),
+        "shard": record.get("owner") or None,
+        "driver": record.get("driver", "whatsapp"),
+        "workspace_id": record.get("workspace_id", ""),
+        "account_id": record.get("account_id", ""),
+        "error": record.get("error") or None,
+        "token": int(record.get("token", 0)),
+    }
+
+
+# --- locating a session ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a session is, from this shard's point of view."""
+
+    local: LiveSession | None
+    record: dict[str, str]
+    remote_owner: str | None
+    """Another live shard that owns it."""
+
+
+async def locate(shard: Shard, sid: str) -> Where:
+    if sid in shard.manager.sessions:
+        return Where(shard.manager.sessions[sid], {}, None)
+    record = await shard.registry.record(sid)
+    owner = record.get("owner", "")
+    remote = owner if owner and owner != shard.settings.shard_id else None
+    if remote is not None and not await shard.router.alive(remote):
+        remote = None
+    return Where(None, record, remote)
+
+
+async def elsewhere(request: web.Request, where: Where, sid: str) -> web.StreamResponse:
+    """Answer for a session not live here: forward to its owner, or say why not."""
+    shard = request.app[SHARD]
+    if where.remote_owner is not None:
+        if FORWARDED_BY in request.headers:
+            return json_error(503, f"session {sid!r} is moving; retry", retry_after=1)
+        shard.metrics.forwarded.inc()
+        return await shard.router.forward(request, where.remote_owner, await request.read())
+    if not where.record:
+        return json_error(404, f"no session {sid!r}")
+    status = where.record.get("status", "STOPPED")
+    return json_error(409, f"session {sid!r} is not running (status {status})")
+
+
+# --- handlers -------------------------------------------------------------------------------
+
+
+async def health(request: web.Request) -> web.Response:
+    shard = request.app[SHARD]
+    body = {
+        "status": "ok",
+        "shard": shard.settings.shard_id,
+        "state": shard.state,
+        "sessions": len(shard.manager.sessions),
+        "capacity": shard.settings.max_sessions,
+    }
+    return web.json_response(body)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    shard = request.app[SHARD]
+    shard.refresh_gauges()
+    payload = generate_latest(shard.metrics.registry)
+    return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    shard = request.app[SHARD]
+    views = [live_view(shard, s) for s in shard.manager.sessions.values()]
+    return web.json_response({"shard": shard.settings.shard_id, "sessions": views})
+
+
+async def put_session(request: web.Request) -> web.StreamResponse:
+    body, _ = await read_json(request)
+    spec = spec_from(body) if body else None
+    return await ensure_started(request, path_id(request), spec)
+
+
+async def create_legacy(request: web.Request) -> web.StreamResponse:
+    """The older client form: POST /api/sessions {session_id, workspace_id, account_id, api_key}."""
+    shard = request.app[SHARD]
+    body, _ = await read_json(request)
+    given = request.headers.get("X-Api-Key") or str(body.pop("api_key", ""))
+    if shard.settings.api_key and not key_matches(given, shard.settings.api_key):
+        return json_error(401, "missing or wrong api_key")
+    sid = check_session_id(body.pop("session_id", None))
+    return await ensure_started(request, sid, spec_from(body))
+
+
+async def ensure_started(
+    request: web.Request, sid: str, spec: SessionSpec | None
+) -> web.StreamResponse:
+    """Create or start `sid` where it belongs; idempotent."""
+    shard = request.app[SHARD]
+    where = await locate(shard, sid)
+    if where.local is not None:
+        return web.json_response(live_view(shard, where.local))
+    if where.remote_owner is not None:
+        return await elsewhere(request, where, sid)
+    spec = spec or (SessionSpec.from_record(where.record) if where.record else SessionSpec())
+    try:
+        shard.manager.build(spec)  # validate before claiming anything
+    except DriverError as exc:
+        raise BadRequest(str(exc)) from None
+    forwarded = FORWARDED_BY in request.headers
+    mine = where.record.get("owner") == shard.settings.shard_id
+    if not forwarded and not mine:
+        target = await shard.router.place(sid, shard.has_room())
+        if target is None:
+            return await refuse(shard, sid)
+        if target != shard.settings.shard_id:
+            # Creates are always passed on as the canonical PUT, whatever form they came in.
+            shard.metrics.forwarded.inc()
+            body = json.dumps(_spec_body(spec)).encode()
+            path = f"/api/sessions/{sid}"
+            return await shard.router.forward(request, target, body, method="PUT", path=path)
+    return await start_here(request, sid, spec)
+
+
+def _spec_body(spec: SessionSpec) -> dict[str, Any]:
+    return {
+        "driver": spec.driver,
+        "options": spec.options,
+        "workspace_id": spec.workspace_id,
+        "account_id": spec.account_id,
+    }
+
+
+async def start_here(request: web.Request, sid: str, spec: SessionSpec) -> web.StreamResponse:
+    shard = request.app[SHARD]
+    try:
+        session = await shard.manager.start(sid, spec)
+    except Draining:
+        return json_error(503, "this shard is draining", retry_after=1)
+    except Full:
+        return await refuse(shard, sid)
+    except OwnedElsewhere as exc:
+        if FORWARDED_BY in request.headers:
+            return json_error(503, f"session {sid!r} is moving; retry", retry_after=1)
+        return await shard.router.forward(request, exc.owner, await request.read())
+    return web.json_response(live_view(shard, session), status=201)
+
+
+async def refuse(shard: Shard, sid: str) -> web.Response:
+    """No room anywhere: record the demand so the autoscaler sees it, and ask for a retry."""
+    shard.metrics.refused.inc()
+    await shard.registry.mark_pending(sid)
+    await shard.registry.nudge()
+    return json_error(503, "no shard has room for a new session; retry later", retry_after=5)
+
+
+async def get_session(request: web.Request) -> web.StreamResponse:
+    shard = request.app[SHARD]
+    sid = path_id(request)
+    where = await locate(shard, sid)
+    if where.local is not None:
+        return web.json_response(live_view(shard, where.local))
+    if where.remote_owner is None and where.record:
+        return web.json_response(record_view(sid, where.record))
+    return await elsewhere(request, where, sid)
+
+
+async def stop_session(request: web.Request) -> web.StreamResponse:
+    shard = request.app[SHARD]
+    sid = path_id(request)
+    where = await locate(shard, sid)
+    if where.local is not None:
+        session = await shard.manager.stop(sid)
+        return web.json_response(live_view(shard, session))
+    if where.remote_owner is None and where.record:
+        await shard.registry.mark_stopped(sid)
+        return web.json_response(record_view(sid, await shard.registry.record(sid)))
+    return await elsewhere(request, where, sid)
+
+
+async def delete_session(request: web.Request) -> web.StreamResponse:
+    shard = request.app[SHARD]
+    sid = path_id(request)
+    where = await locate(shard, sid)
+    if where.local is not None:
+        await shard.manager.delete(sid)
+        return web.json_response({"id": sid, "deleted": True})
+    if where.remote_owner is None and where.record:
+        token = await shard.registry.claim(sid, reclaim=True, capacity=1 << 30)
+        await shard.registry.forget(sid, token)
+        return web.json_response({"id": sid, "deleted": True})
+    return await elsewhere(request, where, sid)
+
+
+async def get_qr(request: web.Request) -> web.StreamResponse:
+    shard = request.app[SHARD]
+    sid = path_id(request)
+    fmt = request.query.get("format", "png")
+    if fmt not in ("png", "raw"):
+        raise BadRequest("format must be 'png' or 'raw'")
+    try:
+        raw, png = await shard.manager.qr(sid)
+    except NotHere:
+        return await elsewhere(request, await locate(shard, sid), sid)
+    if fmt == "raw":
+        return web.json_response({"id": sid, "qr": raw})
+    return web.Response(body=png, content_type="image/png")
+
+
+async def get_screenshot(request: web.Request) -> web.StreamResponse:
+    shard = request.app[SHARD]
+    sid = path_id(request)
+    try:
+        png = await shard.manager.screenshot(sid)
+    except NotHere:
+        return await elsewhere(request, await locate(shard, sid), sid)
+    return web.Response(body=png, content_type="image/png")
+
+
+async def send_message(request: web.Request) -> web.StreamResponse:
+    shard = request.app[SHARD]
+    sid = path_id(request)
+    if sid not in shard.manager.sessions:
+        return await elsewhere(request, await locate(shard, sid), sid)
+    body, _ = await read_json(request)
+    to, text = body.get("to"), body.get("text")
+    if not isinstance(to, str) or not to:
+        raise BadRequest("to must be a non-empty string (a phone number)")
+    if not isinstance(text, str) or not text or len(text) > MAX_TEXT:
+        raise BadRequest(f"text must be a non-empty string of at most {MAX_TEXT} characters")
+    message_id = await shard.manager.send_text(sid, to, text)
+    return web.json_response({"id": sid, "message_id": message_id, "to": to}, status=201)
+
+
+async def drain(request: web.Request) -> web.Response:
+    shard = request.app[SHARD]
+    shard.start_drain()
+    return web.json_response({"shard": shard.settings.shard_id, "state": shard.state}, status=202)
+
+
+async def undrain(request: web.Request) -> web.Response:
+    shard = request.app[SHARD]
+    await shard.cancel_drain()
+    return web.json_response({"shard": shard.settings.shard_id, "state": shard.state})

@@ -1,0 +1,71 @@
+"""`init_app(settings) -> web.Application`: the shard service with its resources.
+
+Resources open in one cleanup context and close in reverse order: Redis, the HTTP client for
+forwarding, the browser, then the background heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from autoscaler.keys import Keys
+from shard.api import api_key, bad_requests, routes, shard_header
+from shard.browser import BrowserHost
+from shard.errors import errors_as_json
+from shard.registry import Registry
+from shard.settings import ShardSettings
+from shard.state import SHARD, Shard
+
+log = logging.getLogger(__name__)
+MAX_BODY = 1024 * 1024
+"""Largest request body the shard reads; bigger ones get 413 with a JSON body."""
+FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=150, connect=5)
+
+
+def init_app(settings: ShardSettings) -> web.Application:
+    app = web.Application(
+        client_max_size=MAX_BODY,
+        middlewares=[shard_header, errors_as_json, bad_requests, api_key],
+    )
+    app["max_body"] = MAX_BODY
+    app.add_routes(routes())
+    app.cleanup_ctx.append(_resources(settings))
+    return app
+
+
+def _resources(settings: ShardSettings):  # type: ignore[no-untyped-def]
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        registry = Registry(
+            client, Keys(settings.key_prefix), settings.shard_id, settings.max_sessions
+        )
+        http = aiohttp.ClientSession(timeout=FORWARD_TIMEOUT)
+        browser = BrowserHost(settings.browser_executable, settings.headless)
+        shard = Shard(settings, registry, browser, http)
+        browser.on_crash = shard.manager.reopen_all
+        app[SHARD] = shard
+        await browser.start()
+        await shard.beat_once()
+        heartbeat = asyncio.create_task(shard.heartbeat_forever(), name="heartbeat")
+        restore = asyncio.create_task(shard.manager.restore_owned(), name="restore")
+        log.info("shard %s serving on %s", settings.shard_id, settings.public_addr)
+        try:
+            yield
+        finally:
+            for task in (restore, heartbeat):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+            await shard.manager.close_all()
+            await browser.stop()
+            await http.close()
+            await client.aclose()
+
+    return resources

@@ -1,0 +1,158 @@
+"""Session drivers: what a site looks like to the shard (where the QR is, what "logged in" means).
+
+Selectors live here and only here, because sites change them; each is overridable per shard
+(WHATSAPP_SELECTORS) and per session (`options.selectors`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
+
+from playwright.async_api import Page
+from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+
+class DriverError(Exception):
+    """The site did not behave as the driver expects; the message is shown to the caller."""
+
+
+class Unsupported(DriverError):
+    """The driver cannot do this (e.g. send messages on a generic page)."""
+
+
+class PageState(StrEnum):
+    LOADING = "loading"
+    QR = "qr"
+    READY = "ready"
+
+
+@dataclass(frozen=True)
+class Selectors:
+    qr: str = "div[data-ref]"
+    """Element carrying the QR payload (and the element screenshotted for the PNG)."""
+    qr_attribute: str = "data-ref"
+    """Attribute of `qr` holding the QR string; empty: use the element's text."""
+    ready: str = "#pane-side"
+    """Present only once logged in (WhatsApp Web's chat list)."""
+    compose: str = 'footer div[contenteditable="true"][data-tab="10"]'
+    send: str = 'span[data-icon="send"]'
+    message: str = "[data-id]"
+    """Sent-message bubbles; their data-id is returned as the message id."""
+
+    def merged(self, overrides: Mapping[str, str]) -> Selectors:
+        unknown = set(overrides) - set(self.__dataclass_fields__)
+        if unknown:
+            raise DriverError(f"unknown selector(s): {', '.join(sorted(unknown))}")
+        return replace(self, **dict(overrides))
+
+
+_PHONE = re.compile(r"^\+?[0-9]{5,20}$")
+MAX_TEXT = 4096
+
+
+class Driver(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    async def open(self, page: Page) -> None: ...
+    async def state(self, page: Page) -> PageState: ...
+    async def qr(self, page: Page) -> tuple[str, bytes]: ...
+    async def send_text(self, page: Page, to: str, text: str) -> str: ...
+    async def logout(self, page: Page) -> None: ...
+
+
+@dataclass(frozen=True)
+class WebDriver:
+    """A generic login page: `url`, `qr_selector`, `ready_selector` given per session."""
+
+    url: str
+    selectors: Selectors
+    name: str = "web"
+
+    async def open(self, page: Page) -> None:
+        await page.goto(self.url, wait_until="domcontentloaded")
+
+    async def state(self, page: Page) -> PageState:
+        if await page.locator(self.selectors.ready).count():
+            return PageState.READY
+        if await page.locator(self.selectors.qr).count():
+            return PageState.QR
+        return PageState.LOADING
+
+    async def qr(self, page: Page) -> tuple[str, bytes]:
+        element = page.locator(self.selectors.qr).first
+        if not await element.count():
+            raise DriverError("no QR code on the page (already logged in, or still loading)")
+        attribute = self.selectors.qr_attribute
+        raw = await element.get_attribute(attribute) if attribute else await element.inner_text()
+        return raw or "", await element.screenshot(type="png")
+
+    async def send_text(self, page: Page, to: str, text: str) -> str:
+        raise Unsupported(f"the {self.name} driver cannot send messages")
+
+    async def logout(self, page: Page) -> None:
+        """A generic page has no known logout; forgetting the session drops its storage."""
+
+
+@dataclass(frozen=True)
+class WhatsAppDriver(WebDriver):
+    """WhatsApp Web: QR in `div[data-ref]`, logged in once the chat list shows, send by URL."""
+
+    name: str = "whatsapp"
+
+    async def send_text(self, page: Page, to: str, text: str) -> str:
+        if not _PHONE.match(to):
+            raise DriverError("`to` must be a phone number: 5-20 digits, optional leading +")
+        if await self.state(page) != PageState.READY:
+            raise DriverError("session is not logged in")
+        before = await page.locator(self.selectors.message).count()
+        target = f"{self.url}/send?phone={quote(to.lstrip('+'))}&text={quote(text)}"
+        await page.goto(target, wait_until="domcontentloaded")
+        try:
+            compose = page.locator(self.selectors.compose)
+            await compose.wait_for(timeout=30_000)
+            await compose.press("Enter")
+            bubble = page.locator(self.selectors.message).nth(before)
+            await bubble.wait_for(timeout=30_000)
+        except PlaywrightTimeout as exc:
+            raise DriverError("the message was not sent (compose box or bubble missing)") from exc
+        return await bubble.get_attribute("data-id") or ""
+
+    async def logout(self, page: Page) -> None:
+        await page.goto(f"{self.url}/logout", wait_until="domcontentloaded")
+
+
+def make_driver(
+    name: str, options: Mapping[str, Any], whatsapp_url: str, defaults: Mapping[str, str]
+) -> Driver:
+    """Build the driver a session asked for; raises DriverError on bad options."""
+    overrides = options.get("selectors") or {}
+    if not isinstance(overrides, dict) or not all(isinstance(v, str) for v in overrides.values()):
+        raise DriverError("options.selectors must be an object of strings")
+    selectors = Selectors().merged(defaults).merged(overrides)
+    if name == "whatsapp":
+        url = _url(options.get("url") or whatsapp_url)
+        return WhatsAppDriver(url=url, selectors=selectors)
+    if name == "web":
+        for key in ("url", "qr_selector", "ready_selector"):
+            if not isinstance(options.get(key), str) or not options[key]:
+                raise DriverError(f"the web driver needs options.{key}")
+        web = selectors.merged({"qr": options["qr_selector"], "ready": options["ready_selector"]})
+        if isinstance(options.get("qr_attribute"), str):
+            web = web.merged({"qr_attribute": options["qr_attribute"]})
+        return WebDriver(url=_url(options["url"]), selectors=web)
+    raise DriverError(f"unknown driver {name!r}; use 'whatsapp' or 'web'")
+
+
+def _url(value: object) -> str:
+    if not isinstance(value, str):
+        raise DriverError("url must be a string")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise DriverError(f"url must be http(s)://host[...], got {value!r}")
+    return value.rstrip("/")

@@ -1,0 +1,82 @@
+"""How much memory this shard uses: the container's cgroup figure, else the process tree's PSS.
+
+In a container with a memory limit the cgroup figure is what the kernel enforces, so it is what
+the watermark must compare against. Without a limit (local processes) the cgroup is the whole
+host's, so the shard's own process tree is measured instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+_V2 = Path("/sys/fs/cgroup")
+_V1 = Path("/sys/fs/cgroup/memory")
+# cgroup v1 reports "no limit" as a huge number near 2**63.
+_NO_LIMIT = 1 << 60
+
+
+@dataclass(frozen=True)
+class MemoryUse:
+    used_bytes: int
+    limit_bytes: int
+    """0 when no limit applies."""
+    source: str
+
+
+def measure() -> MemoryUse:
+    limit, used = _cgroup()
+    if 0 < limit < _NO_LIMIT:
+        return MemoryUse(used, limit, "cgroup")
+    return MemoryUse(tree_pss(os.getpid()), 0, "process tree")
+
+
+def _cgroup() -> tuple[int, int]:
+    """(limit, usage net of page cache); (0, 0) when unreadable."""
+    with contextlib.suppress(OSError, ValueError):
+        raw = (_V2 / "memory.max").read_text().strip()
+        limit = 0 if raw == "max" else int(raw)
+        used = int((_V2 / "memory.current").read_text())
+        return limit, used - _stat(_V2 / "memory.stat", "inactive_file")
+    with contextlib.suppress(OSError, ValueError):
+        limit = int((_V1 / "memory.limit_in_bytes").read_text())
+        used = int((_V1 / "memory.usage_in_bytes").read_text())
+        return limit, used - _stat(_V1 / "memory.stat", "total_inactive_file")
+    return 0, 0
+
+
+def _stat(path: Path, name: str) -> int:
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == name:
+            return int(parts[1])
+    return 0
+
+
+def tree_pss(root: int) -> int:
+    """Proportional set size of `root` and all its descendants, in bytes."""
+    total = 0
+    for pid in (root, *descendants(root)):
+        with contextlib.suppress(OSError, ValueError):
+            total += _stat(Path(f"/proc/{pid}/smaps_rollup"), "Pss:") * 1024
+    return total
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below `root` in the process tree (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found

@@ -1,0 +1,371 @@
+"""Sessions living in this shard: open, watch, snapshot, stop, hand off, restore.
+
+Each live session holds the fencing token it claimed with; every write to Redis carries it, and a
+refused write means another shard took the session over, so this copy closes at once. That, plus
+the lease check in `app.py`, is what keeps a session live on at most one shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from playwright.async_api import BrowserContext, Page
+
+from shard.browser import BrowserHost
+from shard.drivers import Driver, DriverError, PageState, make_driver
+from shard.metrics import ShardMetrics
+from shard.registry import Registry
+from shard.settings import ShardSettings
+
+log = logging.getLogger(__name__)
+WATCH_INTERVAL = 1.0
+
+
+class Status(StrEnum):
+    STARTING = "STARTING"
+    SCAN_QR_CODE = "SCAN_QR_CODE"
+    WORKING = "WORKING"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+
+
+_STATUS_OF = {PageState.QR: Status.SCAN_QR_CODE, PageState.READY: Status.WORKING}
+
+
+class Draining(Exception):
+    """This shard is draining and takes no new sessions."""
+
+
+class NotHere(Exception):
+    """The session is not live on this shard."""
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """What a caller asked for; stored in the registry so any shard can reopen the session."""
+
+    driver: str = "whatsapp"
+    options: dict[str, Any] = field(default_factory=dict)
+    workspace_id: str = ""
+    account_id: str = ""
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "driver": self.driver,
+            "options": json.dumps(self.options, sort_keys=True),
+            "workspace_id": self.workspace_id,
+            "account_id": self.account_id,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, str]) -> SessionSpec:
+        return cls(
+            driver=record.get("driver") or "whatsapp",
+            options=json.loads(record.get("options") or "{}"),
+            workspace_id=record.get("workspace_id", ""),
+            account_id=record.get("account_id", ""),
+        )
+
+
+@dataclass
+class LiveSession:
+    id: str
+    token: int
+    spec: SessionSpec
+    driver: Driver
+    status: Status = Status.STARTING
+    error: str = ""
+    context: BrowserContext | None = None
+    page: Page | None = None
+    watcher: asyncio.Task[None] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    snapshot_at: float = 0.0
+    started_at: float = field(default_factory=time.time)
+
+
+class SessionManager:
+    """The sessions of this shard. Owns their browser contexts; talks to Redis via Registry."""
+
+    def __init__(
+        self,
+        settings: ShardSettings,
+        registry: Registry,
+        browser: BrowserHost,
+        metrics: ShardMetrics,
+    ):
+        self.settings = settings
+        self.registry = registry
+        self.browser = browser
+        self.metrics = metrics
+        self.sessions: dict[str, LiveSession] = {}
+        self.draining_since: float | None = None
+        self._opening = asyncio.Semaphore(settings.restore_concurrency)
+
+    # --- creating and restoring -------------------------------------------------------------
+
+    def build(self, spec: SessionSpec) -> Driver:
+        """Validate a spec by building its driver; raises DriverError before anything is claimed."""
+        return make_driver(
+            spec.driver,
+            spec.options,
+            self.settings.whatsapp_url,
+            self.settings.whatsapp_selectors,
+        )
+
+    async def start(
+        self, sid: str, spec: SessionSpec | None, *, reclaim: bool = False
+    ) -> LiveSession:
+        """Claim `sid` for this shard and open it (restoring its snapshot if one exists).
+
+        Raises Draining, registry.Full, registry.OwnedElsewhere or DriverError.
+        """
+        if sid in self.sessions:
+            return self.sessions[sid]
+        if self.draining_since is not None:
+            raise Draining()
+        token = await self.registry.claim(sid, reclaim=reclaim)
+        if spec is None:
+            spec = SessionSpec.from_record(await self.registry.record(sid))
+        session = LiveSession(sid, token, spec, self.build(spec))
+        self.sessions[sid] = session
+        await self.registry.update(
+            sid,
+            token,
+            {**spec.fields(), "status": Status.STARTING, "desired": "running", "error": ""},
+        )
+        session.watcher = asyncio.create_task(self._run(session), name=f"session {sid}")
+        self.metrics.created.inc()
+        return session
+
+    async def restore_owned(self) -> int:
+        """Reopen every session Redis says this shard owns (after a restart under the same id)."""
+        owned = sorted(await self.registry.owned())
+        started = 0
+        for sid in owned:
+            record = await self.registry.record(sid)
+            if record.get("desired", "running") != "running" or sid in self.sessions:
+                continue
+            try:
+                await self.start(sid, None, reclaim=True)
+                started += 1
+            except Exception as exc:  # one bad session must not stop the others coming back
+                log.warning("could not restore %s: %s", sid, exc)
+        if owned:
+            log.info("restoring %d of %d owned session(s)", started, len(owned))
+        return started
+
+    async def _run(self, session: LiveSession) -> None:
+        """Open the session's browser context, then watch its page until it closes."""
+        try:
+            async with self._opening:
+                await self._open(session)
+            await self._watch(session)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("session %s failed: %s", session.id, exc)
+            await self._set_status(session, Status.FAILED, str(exc))
+
+    async def _open(self, session: LiveSession) -> None:
+        state = await self._load_snapshot(session.id)
+        opened = time.monotonic()
+        session.context = await self.browser.new_context(state)
+        session.page = await session.context.new_page()
+        session.page.on("crash", lambda _page: self._reopen_later(session, "page crashed"))
+        await session.driver.open(session.page)
+        self.metrics.open_seconds.observe(time.monotonic() - opened)
+        if state is not None:
+            self.metrics.restored.inc()
+
+    async def _load_snapshot(self, sid: str) -> dict[str, Any] | None:
+        blob = await self.registry.snapshot(sid)
+        if blob is None:
+            return None
+        try:
+            state: dict[str, Any] = json.loads(zlib.decompress(blob))
+            return state
+        except (zlib.error, ValueError) as exc:
+            log.warning("snapshot of %s unreadable, starting fresh: %s", sid, exc)
+            return None
+
+    async def _watch(self, session: LiveSession) -> None:
+        while session.page is not None and not session.page.is_closed():
+            try:
+                page_state = await session.driver.state(session.page)
+            except Exception as exc:  # navigation in progress; try again next tick
+                log.debug("state probe of %s failed: %s", session.id, exc)
+                page_state = PageState.LOADING
+            status = _STATUS_OF.get(page_state, session.status)
+            if status != session.status and not await self._set_status(session, status):
+                return
+            if status == Status.WORKING and self._snapshot_due(session):
+                await self.snapshot(session)
+            await asyncio.sleep(WATCH_INTERVAL)
+
+    def _snapshot_due(self, session: LiveSession) -> bool:
+        return time.time() - session.snapshot_at >= self.settings.snapshot_interval
+
+    async def _set_status(self, session: LiveSession, status: Status, error: str = "") -> bool:
+        """Record a status change; False (and the local copy closed) if the session was lost."""
+        session.status, session.error = status, error
+        if status == Status.WORKING:
+            session.snapshot_at = 0.0  # snapshot as soon as it reaches WORKING
+        fields = {"status": status.value, "error": error}
+        if await self.registry.update(session.id, session.token, fields):
+            return True
+        await self.lost(session.id)
+        return False
+
+    def _reopen_later(self, session: LiveSession, why: str) -> None:
+        log.warning("session %s: %s; reopening from its snapshot", session.id, why)
+        asyncio.get_running_loop().create_task(self.reopen(session.id))
+
+    async def reopen(self, sid: str) -> None:
+        """Close and reopen one session's context in place (same token), e.g. after a crash."""
+        session = self.sessions.get(sid)
+        if session is None:
+            return
+        async with session.lock:
+            await self._close(session)
+            session.status = Status.STARTING
+            session.watcher = asyncio.create_task(self._run(session), name=f"session {sid}")
+
+    async def reopen_all(self) -> None:
+        """After the browser itself died: every session comes back from its snapshot."""
+        await asyncio.gather(*(self.reopen(sid) for sid in list(self.sessions)))
+
+    # --- using a session --------------------------------------------------------------------
+
+    def get(self, sid: str) -> LiveSession:
+        session = self.sessions.get(sid)
+        if session is None:
+            raise NotHere(sid)
+        return session
+
+    async def snapshot(self, session: LiveSession) -> bool:
+        """Save cookies, localStorage and IndexedDB to Redis (fenced). False if not saved."""
+        if session.context is None:
+            return False
+        started = time.monotonic()
+        state = await session.context.storage_state(indexed_db=True)
+        blob = zlib.compress(json.dumps(state, separators=(",", ":")).encode(), 6)
+        saved = await self.registry.save_snapshot(session.id, session.token, blob)
+        if not saved:
+            await self.lost(session.id)
+            return False
+        session.snapshot_at = time.time()
+        self.metrics.snapshot_seconds.observe(time.monotonic() - started)
+        self.metrics.snapshot_bytes.observe(len(blob))
+        return True
+
+    async def qr(self, sid: str) -> tuple[str, bytes]:
+        session = self.get(sid)
+        if session.page is None or session.status != Status.SCAN_QR_CODE:
+            raise DriverError(f"no QR code: session is {session.status}")
+        return await session.driver.qr(session.page)
+
+    async def screenshot(self, sid: str) -> bytes:
+        session = self.get(sid)
+        if session.page is None:
+            raise DriverError(f"no page: session is {session.status}")
+        return await session.page.screenshot(type="png")
+
+    async def send_text(self, sid: str, to: str, text: str) -> str:
+        session = self.get(sid)
+        if session.page is None or session.status != Status.WORKING:
+            raise DriverError(f"session is {session.status}, not WORKING")
+        async with session.lock:
+            message_id = await session.driver.send_text(session.page, to, text)
+        self.metrics.messages.inc()
+        return message_id
+
+    # --- ending a session here --------------------------------------------------------------
+
+    async def stop(self, sid: str) -> LiveSession:
+        """Stop and release: snapshot, close the context, keep the registry record."""
+        session = self.get(sid)
+        async with session.lock:
+            if session.status == Status.WORKING:
+                await self.snapshot(session)
+            await self._close(session)
+            session.status = Status.STOPPED
+            await self.registry.update(sid, session.token, {"status": Status.STOPPED})
+            await self.registry.release(sid, session.token, keep_running=False)
+        self.sessions.pop(sid, None)
+        return session
+
+    async def delete(self, sid: str) -> None:
+        """Log out at the site (best effort), close, and forget the session and its snapshot."""
+        session = self.get(sid)
+        async with session.lock:
+            if session.page is not None and session.status == Status.WORKING:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(session.driver.logout(session.page), 15)
+            await self._close(session)
+            await self.registry.forget(sid, session.token)
+        self.sessions.pop(sid, None)
+
+    async def hand_off(self, sid: str, migrate: Callable[[str], Awaitable[bool]]) -> bool:
+        """Snapshot, close and release a session so another shard can restore it (drain)."""
+        session = self.sessions.get(sid)
+        if session is None:
+            return True
+        async with session.lock:
+            if session.status == Status.WORKING:
+                await self.snapshot(session)
+            await self._close(session)
+            released = await self.registry.release(sid, session.token, keep_running=True)
+        self.sessions.pop(sid, None)
+        return released and await migrate(sid)
+
+    async def lost(self, sid: str) -> None:
+        """Another shard owns this session now: close our copy without touching Redis."""
+        session = self.sessions.pop(sid, None)
+        if session is not None:
+            log.warning(
+                "session %s: ownership lost (token %d); closing local copy", sid, session.token
+            )
+            self.metrics.lost.inc()
+            await self._close(session)
+
+    async def check_ownership(self) -> None:
+        """Close every local session whose owner or token in Redis is no longer ours."""
+        if not self.sessions:
+            return
+        rows = await self.registry.tokens(list(self.sessions))
+        for sid, (owner, token) in rows.items():
+            session = self.sessions.get(sid)
+            if session is not None and (owner, token) != (self.settings.shard_id, session.token):
+                await self.lost(sid)
+
+    async def release_all(self) -> None:
+        """Shutdown ran out of time: release what is left (its last snapshot will be used)."""
+        for sid, session in list(self.sessions.items()):
+            await self._close(session)
+            await self.registry.release(sid, session.token, keep_running=True)
+            self.sessions.pop(sid, None)
+
+    async def close_all(self) -> None:
+        """Close every context without touching Redis (lease lost, or final shutdown)."""
+        sessions, self.sessions = list(self.sessions.values()), {}
+        await asyncio.gather(*(self._close(s) for s in sessions), return_exceptions=True)
+
+    async def _close(self, session: LiveSession) -> None:
+        watcher, session.watcher = session.watcher, None
+        if watcher is not None and watcher is not asyncio.current_task():
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await watcher
+        context, session.context, session.page = session.context, None, None
+        if context is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(context.close(), 10)

@@ -1,0 +1,190 @@
+"""One shard: its parts wired together, its heartbeat (the lease), and draining.
+
+The heartbeat is also the lease on the shard's sessions: if it cannot be renewed for nearly a
+whole timeout, the shard closes every session itself before another shard may claim them, so a
+partitioned shard never keeps serving a session someone else restored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import aiohttp
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from shard.browser import BrowserHost
+from shard.memory import MemoryUse, measure
+from shard.metrics import ShardMetrics
+from shard.registry import Registry
+from shard.routing import Router
+from shard.sessions import SessionManager, Status
+from shard.settings import ShardSettings
+
+log = logging.getLogger(__name__)
+MIGRATION_ATTEMPTS = 3
+
+
+class Shard:
+    def __init__(
+        self,
+        settings: ShardSettings,
+        registry: Registry,
+        browser: BrowserHost,
+        http: aiohttp.ClientSession,
+    ):
+        self.settings = settings
+        self.registry = registry
+        self.browser = browser
+        self.metrics = ShardMetrics()
+        self.manager = SessionManager(settings, registry, browser, self.metrics)
+        self.router = Router(settings, registry, http)
+        self.started_at = time.time()
+        self.boot = f"{int(self.started_at * 1000):x}"
+        self.memory = MemoryUse(0, 0, "unknown")
+        self.fenced = False
+        """True while the lease is lost and every session has been closed."""
+        self._last_beat = time.monotonic()
+        self._drain: asyncio.Task[None] | None = None
+        self._reported_full = False
+
+    # --- state ------------------------------------------------------------------------------
+
+    @property
+    def memory_full(self) -> bool:
+        limit = self.memory.limit_bytes
+        return limit > 0 and self.memory.used_bytes >= self.settings.memory_high_watermark * limit
+
+    @property
+    def state(self) -> str:
+        if self.manager.draining_since is not None:
+            return "draining"
+        if len(self.manager.sessions) >= self.settings.max_sessions or self.memory_full:
+            return "full"
+        return "accepting"
+
+    def has_room(self) -> bool:
+        return self.state == "accepting" and not self.fenced
+
+    # --- heartbeat and lease ----------------------------------------------------------------
+
+    async def heartbeat_forever(self) -> None:
+        while True:
+            await self.beat_once()
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+    async def beat_once(self) -> None:
+        try:
+            self.memory = await asyncio.to_thread(measure)
+            await self.registry.beat(self._fields(), ttl=self.settings.heartbeat_timeout)
+        except (RedisError, OSError) as exc:
+            self.metrics.heartbeat_failures.inc()
+            log.warning("heartbeat failed: %s", exc)
+            await self._check_lease()
+            return
+        self._last_beat = time.monotonic()
+        await self._after_beat()
+
+    async def _after_beat(self) -> None:
+        try:
+            if self.fenced:
+                self.fenced = False
+                log.info("lease renewed; restoring sessions still owned by this shard")
+                await self.manager.restore_owned()
+            await self.manager.check_ownership()
+            full = self.state == "full"
+            if full and not self._reported_full:
+                await self.registry.nudge()
+            self._reported_full = full
+        except RedisError as exc:
+            log.warning("post-heartbeat checks failed: %s", exc)
+
+    async def _check_lease(self) -> None:
+        """Close every session before the lease can expire (one interval of margin)."""
+        silent = time.monotonic() - self._last_beat
+        limit = self.settings.heartbeat_timeout - self.settings.heartbeat_interval
+        if silent >= limit and not self.fenced and self.manager.sessions:
+            log.error("no heartbeat for %.0f s: lease may lapse; closing all sessions", silent)
+            self.fenced = True
+            await self.manager.close_all()
+
+    def _fields(self) -> dict[str, str | int | float]:
+        draining = self.manager.draining_since
+        return {
+            "id": self.settings.shard_id,
+            "addr": self.settings.public_addr,
+            "state": self.state,
+            "sessions": len(self.manager.sessions),
+            "capacity": self.settings.max_sessions,
+            "memory_bytes": self.memory.used_bytes,
+            "memory_limit_bytes": self.memory.limit_bytes,
+            "version": self.settings.version,
+            "started_at": self.started_at,
+            "boot": self.boot,
+            "ts": time.time(),
+            "draining_since": "" if draining is None else draining,
+        }
+
+    def refresh_gauges(self) -> None:
+        counts = dict.fromkeys(Status, 0)
+        for session in self.manager.sessions.values():
+            counts[session.status] += 1
+        for status, count in counts.items():
+            self.metrics.sessions.labels(status=status.value).set(count)
+        self.metrics.capacity.set(self.settings.max_sessions)
+        self.metrics.memory.set(self.memory.used_bytes)
+        self.metrics.memory_limit.set(self.memory.limit_bytes)
+
+    # --- draining ---------------------------------------------------------------------------
+
+    def start_drain(self) -> None:
+        """Stop taking sessions and move the ones here to other shards (in the background)."""
+        if self._drain is None or self._drain.done():
+            self.manager.draining_since = self.manager.draining_since or time.time()
+            self._drain = asyncio.create_task(self.drain(), name="drain")
+
+    async def cancel_drain(self) -> None:
+        if self._drain is not None:
+            self._drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain
+        self.manager.draining_since = None
+        await self.beat_once()
+
+    async def drain(self) -> None:
+        await self.beat_once()  # tell everyone at once that no new sessions should come here
+        for sid in sorted(self.manager.sessions):
+            moved = await self.manager.hand_off(sid, self.migrate)
+            log.info("drain: %s %s", sid, "moved" if moved else "released (orphan)")
+        await self.beat_once()
+
+    async def migrate(self, sid: str) -> bool:
+        """Ask the best other shard with room to adopt `sid`; try a few before giving up."""
+        tried: set[str] = set()
+        for _ in range(MIGRATION_ATTEMPTS):
+            target = await self.router.place(sid, False, exclude={self.settings.shard_id, *tried})
+            if target is None:
+                return False
+            if await self.router.adopt(sid, target):
+                return True
+            tried.add(target)
+        return False
+
+    async def shutdown(self, grace: float) -> None:
+        """SIGTERM: hand every session off within `grace` seconds, then release what is left."""
+        self.start_drain()
+        assert self._drain is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self._drain), grace)
+        except TimeoutError:
+            log.warning("drain did not finish in %.0f s; releasing the rest", grace)
+            self._drain.cancel()
+            await self.manager.release_all()
+        with contextlib.suppress(RedisError):
+            await self.registry.withdraw()
+
+
+SHARD: web.AppKey[Shard] = web.AppKey("shard", Shard)

@@ -1,0 +1,254 @@
+"""Stand-in for WhatsApp Web used by chatscale's tests; not affiliated with WhatsApp or Meta.
+
+An aiohttp app that mimics the external site's login flow closely enough for the shard's
+`whatsapp` driver to run against it with its default selectors. All state is in memory,
+per app instance. The page itself (HTML + inline JS) lives in page.html.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+BANNER = "Stand-in for WhatsApp Web used by chatscale's tests; not affiliated"
+PAGE = Path(__file__).with_name("page.html").read_text(encoding="utf-8")
+DEFAULT_PHONE = "15550001234"
+PRUNE_AFTER = 60.0  # seconds without a poll before a pending login (a closed page) is dropped
+NO_CACHE = {"Cache-Control": "no-store", "X-Fakesite": "stand-in; not affiliated"}
+
+
+@dataclass
+class PendingLogin:
+    """One logged-out page instance waiting for its QR to be scanned."""
+
+    client: str
+    ref: str
+    issued: float
+    seen: float
+    token: str | None = None
+    phone: str | None = None
+
+
+@dataclass
+class Message:
+    id: str
+    sender: str
+    to: str
+    text: str
+    at: float = field(default_factory=time.time)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+
+
+def new_ref() -> str:
+    """A QR string shaped like the real site's ("2@<ref>,<key>,<key>,<key>")."""
+    parts = [secrets.token_urlsafe(32), *(secrets.token_urlsafe(24) for _ in range(3))]
+    return "2@" + ",".join(parts)
+
+
+def normalize_phone(raw: object) -> str:
+    """Digits only; raises ApiError(400) unless it looks like an E.164 number."""
+    digits = re.sub(r"\D", "", raw) if isinstance(raw, str) else ""
+    if not 5 <= len(digits) <= 15:
+        raise ApiError(400, "invalid phone number")
+    return digits
+
+
+class FakeState:
+    """Pending logins (rotating refs), live sessions and sent messages."""
+
+    def __init__(self, rotate_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rotate_seconds = rotate_seconds
+        self.clock = clock
+        self.pending: dict[str, PendingLogin] = {}
+        self.retired_refs: set[str] = set()
+        self.sessions: dict[str, str] = {}  # token -> account phone
+        self.revoked: set[str] = set()
+        self.messages: list[Message] = []
+
+    def start_login(self) -> PendingLogin:
+        now = self.clock()
+        login = PendingLogin(secrets.token_hex(8), new_ref(), now, now)
+        self.pending[login.client] = login
+        return login
+
+    def refresh(self) -> None:
+        """Rotate expired refs and drop pending logins whose page went away."""
+        now = self.clock()
+        for client, login in list(self.pending.items()):
+            if now - login.seen > max(PRUNE_AFTER, 3 * self.rotate_seconds):
+                self.retired_refs.add(login.ref)
+                del self.pending[client]
+            elif login.token is None and now - login.issued >= self.rotate_seconds:
+                self.retired_refs.add(login.ref)
+                login.ref, login.issued = new_ref(), now
+
+    def poll(self, client: str) -> dict[str, Any]:
+        self.refresh()
+        login = self.pending.get(client)
+        if login is None:
+            raise ApiError(404, "unknown client; start a new login")
+        login.seen = self.clock()
+        if login.token is None:
+            expires = self.rotate_seconds - (login.seen - login.issued)
+            return {"status": "pending", "ref": login.ref, "expires_in": round(expires, 3)}
+        del self.pending[client]
+        return {"status": "ok", "token": login.token, "phone": login.phone}
+
+    def scan(self, ref: str, phone: str) -> dict[str, Any]:
+        self.refresh()
+        login = next((p for p in self.pending.values() if p.ref == ref and not p.token), None)
+        if login is None:
+            if ref in self.retired_refs:
+                raise ApiError(410, "qr ref expired or already used")
+            raise ApiError(404, "unknown qr ref")
+        login.token, login.phone = secrets.token_urlsafe(24), phone
+        self.retired_refs.add(ref)
+        self.sessions[login.token] = phone
+        return {"ok": True, "phone": phone, "client": login.client}
+
+    def account(self, token: object) -> str:
+        phone = self.sessions.get(token) if isinstance(token, str) else None
+        if phone is None:
+            raise ApiError(401, "token revoked or unknown")
+        return phone
+
+    def logout(self, token: object) -> None:
+        self.account(token)
+        assert isinstance(token, str)
+        del self.sessions[token]
+        self.revoked.add(token)
+
+    def send(self, token: object, to: object, text: object) -> Message:
+        sender = self.account(token)
+        if not isinstance(text, str) or not text.strip():
+            raise ApiError(400, "empty message")
+        to_phone = normalize_phone(to)
+        message_id = f"true_{to_phone}@c.us_3EB0{secrets.token_hex(8).upper()}"
+        message = Message(message_id, sender, to_phone, text)
+        self.messages.append(message)
+        return message
+
+    def history(self, token: object) -> list[Message]:
+        sender = self.account(token)
+        return [m for m in self.messages if m.sender == sender]
+
+    def snapshot(self) -> dict[str, Any]:
+        self.refresh()
+        waiting = [p for p in self.pending.values() if p.token is None]
+        return {
+            "banner": BANNER,
+            "rotate_seconds": self.rotate_seconds,
+            "refs": [p.ref for p in waiting],
+            "pending": [{"client": p.client, "ref": p.ref} for p in waiting],
+            "sessions": [{"token": t, "phone": p} for t, p in self.sessions.items()],
+            "revoked": sorted(self.revoked),
+            "messages": [asdict(m) for m in self.messages],
+        }
+
+
+STATE = web.AppKey("fakesite_state", FakeState)
+
+
+def state_of(request: web.Request) -> FakeState:
+    return request.app[STATE]
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "body must be JSON") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object")
+    return body
+
+
+@web.middleware
+async def api_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+    except ApiError as exc:
+        return web.json_response({"error": exc.error}, status=exc.status, headers=NO_CACHE)
+    response.headers.update(NO_CACHE)
+    return response
+
+
+async def page(request: web.Request) -> web.Response:
+    """/, /send and /logout all serve the client; its JS looks at location.pathname."""
+    return web.Response(text=PAGE, content_type="text/html")
+
+
+async def login_start(request: web.Request) -> web.Response:
+    login = state_of(request).start_login()
+    return web.json_response({"client": login.client, "ref": login.ref})
+
+
+async def login_poll(request: web.Request) -> web.Response:
+    return web.json_response(state_of(request).poll(request.query.get("client", "")))
+
+
+async def scan(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    ref = body.get("ref")
+    if not isinstance(ref, str) or not ref:
+        raise ApiError(400, "ref is required")
+    phone = normalize_phone(body.get("phone") or DEFAULT_PHONE)
+    return web.json_response(state_of(request).scan(ref, phone))
+
+
+async def whoami(request: web.Request) -> web.Response:
+    return web.json_response({"phone": state_of(request).account(request.query.get("token"))})
+
+
+async def logout(request: web.Request) -> web.Response:
+    state_of(request).logout((await json_body(request)).get("token"))
+    return web.json_response({"ok": True})
+
+
+async def post_message(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    message = state_of(request).send(body.get("token"), body.get("to"), body.get("text"))
+    return web.json_response(asdict(message))
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    history = state_of(request).history(request.query.get("token"))
+    return web.json_response({"messages": [asdict(m) for m in history]})
+
+
+async def api_state(request: web.Request) -> web.Response:
+    return web.json_response(state_of(request).snapshot())
+
+
+def create_app(qr_rotate_seconds: float = 20.0) -> web.Application:
+    """The stand-in site; every app instance has its own in-memory state."""
+    if qr_rotate_seconds <= 0:
+        raise ValueError("qr_rotate_seconds must be positive")
+    app = web.Application(middlewares=[api_errors])
+    app[STATE] = FakeState(qr_rotate_seconds)
+    app.router.add_get("/", page)
+    app.router.add_get("/send", page)
+    app.router.add_get("/logout", page)
+    app.router.add_post("/api/login/start", login_start)
+    app.router.add_get("/api/login/poll", login_poll)
+    app.router.add_post("/api/scan", scan)
+    app.router.add_get("/api/whoami", whoami)
+    app.router.add_post("/api/logout", logout)
+    app.router.add_post("/api/messages", post_message)
+    app.router.add_get("/api/messages", list_messages)
+    app.router.add_get("/api/state", api_state)
+    return app

@@ -1,0 +1,214 @@
+"""Several real shards on one Redis: capacity, races, fencing, forwarding, drain, crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from shard.registry import Registry
+from support.procs import wait_for
+from support.shards import Api, ShardFleet, ShardProc, scan, site_state
+
+from autoscaler.keys import Keys
+from autoscaler.ring import Ring
+
+pytestmark = [pytest.mark.browser]
+KEYS = Keys("cs:")
+
+
+async def working(api: Api, http: aiohttp.ClientSession, site: str, sid: str) -> None:
+    """Create and log in `sid` through `api` (requests reach the owner wherever it is)."""
+    code, body, _ = await api.call("PUT", f"/api/sessions/{sid}", {})
+    assert code in (200, 201), body
+    await api.wait_status(sid, "SCAN_QR_CODE")
+    _, qr, _ = await api.call("GET", f"/api/sessions/{sid}/qr?format=raw")
+    await scan(http, site, qr["qr"], "4915100000009")
+    await api.wait_status(sid, "WORKING")
+
+
+async def publish_ring(redis_url: str, shards: list[ShardProc]) -> Ring:
+    members = [(s.shard_id, f"127.0.0.1:{s.port}") for s in shards]
+    client = aioredis.Redis.from_url(redis_url)
+    ring_json = {"version": "test", "shards": [{"id": i, "addr": a} for i, a in members]}
+    await client.set(KEYS.ring, json.dumps(ring_json))
+    await client.aclose()
+    return Ring(members)
+
+
+def ids_owned_by(ring: Ring, shard_id: str, count: int, prefix: str) -> list[str]:
+    found, n = [], 0
+    while len(found) < count:
+        sid = f"{prefix}{n}"
+        if ring.owner(sid) == shard_id:
+            found.append(sid)
+        n += 1
+    return found
+
+
+async def test_capacity_refuses_the_next_session_and_leaks_nothing(
+    fleet: ShardFleet, http: aiohttp.ClientSession, redis_url: str
+) -> None:
+    shard = fleet.start("shard-1", MAX_SESSIONS="3")
+    api = Api(http, shard.url)
+    for sid in ("a1", "a2", "a3"):
+        code, _, _ = await api.call("PUT", f"/api/sessions/{sid}", {})
+        assert code == 201
+    code, body, headers = await api.call("PUT", "/api/sessions/a4", {})
+    assert code == 503 and headers["Retry-After"] == "5" and "no shard has room" in body["error"]
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    assert await client.smembers(KEYS.shard_sessions("shard-1")) == {"a1", "a2", "a3"}
+    assert await client.exists(KEYS.session("a4")) == 0
+    assert await client.zrange(KEYS.pending, 0, -1) == ["a4"]
+    deadline = time.monotonic() + 5
+    while await client.hget(KEYS.shard("shard-1"), "state") != "full":
+        assert time.monotonic() < deadline, "the heartbeat never reported full"
+        await asyncio.sleep(0.2)
+    await client.aclose()
+    _, listing, _ = await api.call("GET", "/api/sessions")
+    assert len(listing["sessions"]) == 3
+
+
+async def test_racing_creates_end_with_one_owner(
+    fleet: ShardFleet, http: aiohttp.ClientSession, redis_url: str
+) -> None:
+    shards = [fleet.start("shard-1"), fleet.start("shard-2")]
+    await publish_ring(redis_url, shards)
+    apis = [Api(http, s.url) for s in shards]
+    for n in range(3):
+        sid = f"race{n}"
+        results = await asyncio.gather(*(a.call("PUT", f"/api/sessions/{sid}", {}) for a in apis))
+        owners = {body["shard"] for code, body, _ in results if code in (200, 201)}
+        assert len(owners) == 1, results
+        listed = [
+            s["id"] for a in apis for s in (await a.call("GET", "/api/sessions"))[1]["sessions"]
+        ]
+        assert listed.count(sid) == 1, "one browser context per session across the fleet"
+
+
+async def test_requests_reach_the_owner_through_any_shard(
+    fleet: ShardFleet, http: aiohttp.ClientSession, redis_url: str
+) -> None:
+    one, two = fleet.start("shard-1"), fleet.start("shard-2")
+    ring = await publish_ring(redis_url, [one, two])
+    sid = ids_owned_by(ring, "shard-2", 1, "fw")[0]
+    code, body, headers = await Api(http, one.url).call("PUT", f"/api/sessions/{sid}", {})
+    assert code == 201 and body["shard"] == "shard-2" and headers["X-Shard-Id"] == "shard-2"
+    code, body, headers = await Api(http, one.url).call("GET", f"/api/sessions/{sid}")
+    assert code == 200 and headers["X-Shard-Id"] == "shard-2"
+
+
+async def test_full_ring_owner_places_on_next_shard(
+    fleet: ShardFleet, http: aiohttp.ClientSession, redis_url: str
+) -> None:
+    one, two = fleet.start("shard-1", MAX_SESSIONS="1"), fleet.start("shard-2")
+    ring = await publish_ring(redis_url, [one, two])
+    first, second = ids_owned_by(ring, "shard-1", 2, "ov")
+    api = Api(http, one.url)
+    assert (await api.call("PUT", f"/api/sessions/{first}", {}))[1]["shard"] == "shard-1"
+    await asyncio.sleep(2.5)  # shard-1's next heartbeat says full
+    code, body, _ = await api.call("PUT", f"/api/sessions/{second}", {})
+    assert code == 201 and body["shard"] == "shard-2", body
+
+
+async def test_stale_owner_closes_its_copy(
+    fleet: ShardFleet, http: aiohttp.ClientSession, redis_url: str
+) -> None:
+    shard = fleet.start("shard-1")
+    api = Api(http, shard.url)
+    await api.call("PUT", "/api/sessions/stale", {})
+    await api.wait_status("stale", "SCAN_QR_CODE")
+    # Another shard takes the session over as if shard-1's lease had lapsed: atomically drop
+    # its heartbeat and claim.
+    client = aioredis.Redis.from_url(redis_url)
+    thief = Registry(client, KEYS, "shard-9", 5)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.delete(KEYS.shard("shard-1"))
+        await thief._claim(
+            args=[KEYS.prefix, "stale", "shard-9", 5, repr(time.time()), "new"], client=pipe
+        )
+        await pipe.execute()
+    await client.aclose()
+
+    async def gone() -> bool:
+        _, listing, _ = await api.call("GET", "/api/sessions")
+        return not listing["sessions"]
+
+    deadline = time.monotonic() + 10
+    while not await gone():
+        assert time.monotonic() < deadline, "stale copy still open"
+        await asyncio.sleep(0.25)
+
+
+async def test_drain_moves_sessions_without_a_new_scan(
+    fleet: ShardFleet, http: aiohttp.ClientSession, redis_url: str, site_url: str
+) -> None:
+    one, two = fleet.start("shard-1"), fleet.start("shard-2")
+    await publish_ring(redis_url, [one])  # everything lands on shard-1 first
+    api = Api(http, one.url)
+    for sid in ("d1", "d2"):
+        await working(api, http, site_url, sid)
+    scans = len((await site_state(http, site_url))["sessions"])
+    await publish_ring(redis_url, [one, two])
+    code, body, _ = await api.call("POST", "/admin/drain")
+    assert code == 202 and body["state"] == "draining"
+    two_api = Api(http, two.url)
+    for sid in ("d1", "d2"):
+        await two_api.wait_status(sid, "WORKING", timeout=60, shard="shard-2")
+    assert len((await site_state(http, site_url))["sessions"]) == scans, "no new scan"
+    code, body, _ = await api.call("PUT", "/api/sessions/d3", {}, {"X-Chatscale-Forwarded-By": "t"})
+    assert code == 503 and "draining" in body["error"]
+    assert one.sigterm(timeout=30) == 0
+    wait_for(lambda: not one.processes(), 5, "no process of the stopped shard left")
+
+
+async def test_sigterm_releases_sessions_for_others(
+    fleet: ShardFleet, http: aiohttp.ClientSession, redis_url: str
+) -> None:
+    shard = fleet.start("shard-1")
+    api = Api(http, shard.url)
+    await api.call("PUT", "/api/sessions/t1", {})
+    await api.wait_status("t1", "SCAN_QR_CODE")
+    started = time.monotonic()
+    assert shard.sigterm(timeout=30) == 0
+    assert time.monotonic() - started < 20
+    wait_for(lambda: not shard.processes(), 5, "no process of the stopped shard left")
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    assert await client.smembers(KEYS.orphans) == {"t1"}, "released for another shard to adopt"
+    assert await client.hget(KEYS.session("t1"), "owner") == ""
+    assert await client.exists(KEYS.shard("shard-1")) == 0, "heartbeat withdrawn on clean exit"
+    await client.aclose()
+
+
+async def test_browser_crash_restores_sessions(
+    fleet: ShardFleet, http: aiohttp.ClientSession, site_url: str, redis_url: str
+) -> None:
+    shard = fleet.start("shard-1")
+    api = Api(http, shard.url)
+    await working(api, http, site_url, "crash1")
+    scans = len((await site_state(http, site_url))["sessions"])
+    browser = main_chromium(shard)
+    assert browser is not None
+    os.kill(browser, signal.SIGKILL)
+    wait_for(lambda: main_chromium(shard) not in (None, browser), 30, "a new chromium")
+    await api.wait_status("crash1", "WORKING", timeout=60)
+    assert len((await site_state(http, site_url))["sessions"]) == scans, "no new scan"
+
+
+def main_chromium(shard: ShardProc) -> int | None:
+    """The browser process (not a renderer, zygote or crashpad helper) of a shard."""
+    for pid in shard.processes():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:
+            continue
+        helper = any(a.startswith(b"--type=") for a in argv) or b"crashpad" in argv[0]
+        if argv[0].endswith(b"chromium") and not helper:
+            return pid
+    return None

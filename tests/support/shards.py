@@ -1,0 +1,164 @@
+"""Shard processes for tests: real `shard` services with real Chromium, and a client for them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from support.procs import free_port, kill_group, port_open, start, wait_for
+
+API_KEY = "test-key"
+SHARD_BIN = str(Path(sys.executable).with_name("shard"))
+
+
+@dataclass
+class ShardProc:
+    shard_id: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+    tag: str
+    """Value of TAG in this process's environment (and its browser's)."""
+
+    def processes(self) -> list[int]:
+        return tagged_processes(self.tag)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def sigkill(self) -> None:
+        """Kill only the shard's own process, as a crash would; its children must not survive."""
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def sigterm(self, timeout: float = 60) -> int:
+        os.kill(self.proc.pid, signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+@dataclass
+class ShardFleet:
+    """Starts shard processes against one Redis and one site; stops them all at the end."""
+
+    redis_url: str
+    site_url: str
+    folder: Path
+    procs: list[ShardProc] = field(default_factory=list)
+
+    def start(self, shard_id: str, wait: bool = True, **env: str) -> ShardProc:
+        port = free_port()
+        settings = {
+            "SHARD_ID": shard_id,
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "REDIS_URL": self.redis_url,
+            "WHATSAPP_URL": self.site_url,
+            "API_KEY": API_KEY,
+            "MAX_SESSIONS": "5",
+            "HEARTBEAT_INTERVAL": "1",
+            "HEARTBEAT_TIMEOUT": "4",
+            "SNAPSHOT_INTERVAL": "30",
+            "STOP_TIMEOUT": "20",
+            **env,
+        }
+        log = self.folder / f"{shard_id}-{port}.log"
+        tag = f"{shard_id}-{port}-{time.monotonic_ns()}"
+        proc = start([SHARD_BIN], log, {**settings, TAG: tag})
+        shard = ShardProc(shard_id, port, proc, log, tag)
+        self.procs.append(shard)
+        if wait:
+            wait_for(lambda: port_open(port), 30, f"{shard_id} to listen (log: {log})")
+        return shard
+
+    def stop_all(self) -> None:
+        """SIGTERM each shard process (only it, as `docker stop` would), then kill leftovers."""
+        for shard in self.procs:
+            if shard.proc.poll() is None:
+                with contextlib.suppress(subprocess.TimeoutExpired, ProcessLookupError):
+                    shard.sigterm(timeout=30)
+            kill_group(shard.proc)
+            for pid in shard.processes():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+TAG = "CHATSCALE_TEST_TAG"
+
+
+def tagged_processes(tag: str) -> list[int]:
+    """Live pids whose environment carries TAG=tag: a test shard and everything it started.
+
+    Chromium runs in a session of its own and daemonizes helpers, so neither the process tree
+    nor the session finds them all; the inherited environment does.
+    """
+    needle = f"{TAG}={tag}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in environ and state != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+class Api:
+    """A small client for the shard (or nginx front) API."""
+
+    def __init__(self, http: aiohttp.ClientSession, base: str, key: str = API_KEY):
+        self.http = http
+        self.base = base
+        self.key = key
+
+    async def call(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, dict[str, str]]:
+        all_headers = {"X-Api-Key": self.key, **(headers or {})}
+        async with self.http.request(
+            method, self.base + path, json=body, headers=all_headers
+        ) as resp:
+            raw = await resp.read()
+            content = resp.headers.get("Content-Type", "")
+            data: Any = raw
+            if content.startswith("application/json"):
+                data = await resp.json()
+            return resp.status, data, dict(resp.headers)
+
+    async def wait_status(
+        self, sid: str, status: str, timeout: float = 60, shard: str | None = None
+    ) -> dict[str, Any]:
+        """Poll until `sid` has `status` (on `shard`, if given); return its view."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            code, last, _ = await self.call("GET", f"/api/sessions/{sid}")
+            if code == 200 and last["status"] == status and shard in (None, last["shard"]):
+                return dict(last)
+            await asyncio.sleep(0.25)
+        raise TimeoutError(f"{sid} did not reach {status} in {timeout:g} s; last: {last}")
+
+
+async def scan(http: aiohttp.ClientSession, site: str, ref: str, phone: str) -> None:
+    """The stand-in's "phone scan" of a QR code."""
+    async with http.post(f"{site}/api/scan", json={"ref": ref, "phone": phone}) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+async def site_state(http: aiohttp.ClientSession, site: str) -> dict[str, Any]:
+    async with http.get(f"{site}/api/state") as resp:
+        return dict(await resp.json())
