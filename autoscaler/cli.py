@@ -44,7 +44,27 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--drain-seconds", type=float, default=10.0, help="seconds a drain takes")
     sim.add_argument("--summary-only", action="store_true", help="print only the summary line")
     sim.set_defaults(func=_simulate)
+
+    run = sub.add_parser("run", help="run the autoscaler daemon")
+    run.add_argument("--config", default="config.yaml")
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    run.set_defaults(func=_run)
     return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    from pathlib import Path
+
+    from autoscaler.service import serve
+
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    path = Path(args.config).resolve()
+    config = load_config(path)
+    return asyncio.run(serve(config, path))
 
 
 def _check_config(args: argparse.Namespace) -> int:

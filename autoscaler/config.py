@@ -248,6 +248,8 @@ class RuntimeSettings(Frozen):
 class ReconcileSettings(Frozen):
     interval: PositiveFloat = 2.0
     """Seconds between two reconcile passes (a shard reporting `full` triggers one sooner)."""
+    leader_ttl: PositiveFloat = 10.0
+    """Seconds the leader lock lives without renewal: how soon a standby takes over."""
     history_seconds: PositiveFloat = 3600.0
     """How long decisions and events are kept for the status page."""
 

@@ -1,0 +1,245 @@
+"""The autoscaler daemon: observe -> decide -> act, once per interval, as the leader.
+
+`Daemon.reconcile()` runs exactly one pass and can be called directly (tests drive the loop that
+way); `Daemon.serve()` runs passes on an APScheduler interval, plus at the start of every
+scheduled window and whenever a shard reports that it became full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from autoscaler.act import Actor
+from autoscaler.config import Config
+from autoscaler.configload import ConfigError, load_config
+from autoscaler.engine import decide
+from autoscaler.events import Event, EventLog
+from autoscaler.front import Front
+from autoscaler.keys import Keys
+from autoscaler.leader import LeaderLock
+from autoscaler.metrics import Metrics
+from autoscaler.model import History, Observed, Plan, ShardState
+from autoscaler.observe import Fleet, Observer, to_observed
+from autoscaler.runtime import Runtime
+
+log = logging.getLogger(__name__)
+DECISIONS_KEPT = 50
+HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=5)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One reconcile pass as the status page shows it."""
+
+    ts: float
+    plan: Plan
+    leader: bool
+    duration: float
+    events: tuple[Event, ...] = ()
+
+
+@dataclass
+class State:
+    """What the daemon knows between passes (all of it rebuilt from Redis/runtime on restart,
+    except the recommendation history, which only delays scale-down after a restart)."""
+
+    history: History
+    fleet: Fleet | None = None
+    observed: Observed | None = None
+    decisions: deque[Decision] = field(default_factory=lambda: deque(maxlen=DECISIONS_KEPT))
+    leader: bool = False
+    config_error: str = ""
+    last_error: str = ""
+
+
+def make_runtime(config: Config) -> Runtime:
+    if config.runtime.kind == "local":
+        from autoscaler.runtime_local import LocalRuntime
+
+        return LocalRuntime(config)
+    from autoscaler.runtime_docker import DockerRuntime
+
+    return DockerRuntime(config)
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path | None = None,
+        runtime: Runtime | None = None,
+        holder: str | None = None,
+    ):
+        self.config = config
+        self.config_path = config_path
+        self.config_dir = config_path.parent if config_path else Path.cwd()
+        self._own_runtime = runtime is None
+        self.runtime = runtime or make_runtime(config)
+        self.holder = holder or f"{socket.gethostname()}-{os.getpid()}"
+        self.metrics = Metrics()
+        self.state = State(History(started_at=time.time()))
+        self._pass_lock = asyncio.Lock()
+        self._config_mtime = self._mtime()
+        self.redis: aioredis.Redis
+        self.http: aiohttp.ClientSession
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.redis = aioredis.Redis.from_url(self.config.redis.url, decode_responses=True)
+        self.http = aiohttp.ClientSession(timeout=HTTP_TIMEOUT)
+        self._wire()
+
+    def _wire(self) -> None:
+        """(Re)build the parts that depend on the config."""
+        keys = Keys(self.config.redis.key_prefix)
+        self.keys = keys
+        self.events = EventLog(self.redis, keys)
+        self.observer = Observer(self.config, self.redis, self.runtime)
+        self.actor = Actor(
+            self.config, self.runtime, self.redis, self.http, self.events, self.metrics
+        )
+        self.front = Front(self.config, self.config_dir, self.redis, self.metrics)
+        self.lock = LeaderLock(
+            self.redis, keys.leader, self.holder, self.config.reconcile.leader_ttl
+        )
+
+    async def wait_idle(self) -> None:
+        """Return once no pass is running (a pass in progress finishes its actions)."""
+        async with self._pass_lock:
+            return
+
+    async def close(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            if self.state.leader:
+                await self.lock.release()
+        await self.http.close()
+        await self.redis.aclose()
+
+    # --- one pass ---------------------------------------------------------------------------
+
+    async def reconcile(self) -> Decision | None:
+        """One observe -> decide -> act pass. Never raises: a failing pass is logged and the
+        next one runs."""
+        async with self._pass_lock:
+            started = time.monotonic()
+            try:
+                decision = await self._pass()
+            except Exception as exc:
+                self.metrics.reconcile_failures.inc()
+                self.state.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("reconcile pass failed")
+                return None
+            finally:
+                self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+            self.state.last_error = ""
+            return decision
+
+    async def _pass(self) -> Decision:
+        started = time.monotonic()
+        self._maybe_reload()
+        leader = await self._lead()
+        fleet = await self.observer.observe()
+        observed = to_observed(fleet, self.config)
+        now = fleet.now
+        plan = decide(observed, self.config.policy, self.state.history, now)
+        keep = max(
+            self.config.policy.scale_down.stabilization, self.config.policy.scale_up.stabilization
+        )
+        if observed.fresh:
+            self.state.history = self.state.history.record(now, plan.recommendation, keep)
+        events: list[Event] = []
+        dry_run = self.config.policy.dry_run
+        if leader:
+            events += await self.actor.execute(plan, fleet, dry_run, lambda: self.state.leader)
+            if not fleet.error:
+                await self.front.update(fleet, dry_run)
+                if fleet.orphans and self.front.table is not None:
+                    ring = self.front.table.ring()
+                    events += await self.actor.adopt_orphans(fleet, ring, dry_run)
+        self.state.fleet, self.state.observed = fleet, observed
+        self._export(observed, plan, leader)
+        decision = Decision(now, plan, leader, time.monotonic() - started, tuple(events))
+        self.state.decisions.appendleft(decision)
+        return decision
+
+    async def renew_forever(self) -> None:
+        """Keep the lock alive even while a long pass (a slow stop) runs."""
+        while True:
+            await asyncio.sleep(self.config.reconcile.leader_ttl / 3)
+            if self.state.leader:
+                await self._lead()
+
+    async def _lead(self) -> bool:
+        try:
+            leader = await self.lock.acquire_or_renew()
+        except RedisError as exc:
+            log.warning("leader lock unreadable: %s", exc)
+            leader = False
+        if leader != self.state.leader:
+            log.info("%s leadership (%s)", "took" if leader else "lost", self.holder)
+        self.state.leader = leader
+        self.metrics.leader.set(1 if leader else 0)
+        return leader
+
+    def _export(self, observed: Observed, plan: Plan, leader: bool) -> None:
+        m = self.metrics
+        m.sessions.set(observed.sessions)
+        m.pending.set(observed.pending)
+        m.desired.set(plan.desired)
+        live = [s for s in observed.shards if s.state in (ShardState.READY, ShardState.STARTING)]
+        m.capacity.set(len(live) * observed.max_sessions)
+        for state in ShardState:
+            m.shards.labels(state=state.value).set(
+                sum(1 for s in observed.shards if s.state == state)
+            )
+
+    # --- config reload ----------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """SIGHUP: reload at the start of the next pass."""
+        self._config_mtime = -1.0
+
+    def _mtime(self) -> float:
+        if self.config_path is None:
+            return 0.0
+        try:
+            return self.config_path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def _maybe_reload(self) -> None:
+        mtime = self._mtime()
+        if self.config_path is None or mtime == self._config_mtime:
+            return
+        self._config_mtime = mtime
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            self.state.config_error = str(exc)
+            log.error("config reload rejected; keeping the running config:\n%s", exc)
+            return
+        self.state.config_error = ""
+        if new == self.config:
+            return
+        if new.redis.url != self.config.redis.url or new.runtime != self.config.runtime:
+            self.state.config_error = "redis.url and runtime changes need a restart; kept old"
+            log.error(self.state.config_error)
+            return
+        log.info("config reloaded from %s", self.config_path)
+        self.config = new
+        if self._own_runtime:
+            self.runtime = make_runtime(new)
+        self._wire()

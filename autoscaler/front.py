@@ -1,0 +1,116 @@
+"""Keep nginx and the published ring in step with the fleet (render, debounce, apply, publish).
+
+The routing table is a pure function of the observed fleet: live shards (fresh heartbeat, running)
+are routable; those not draining form the hash ring; sessions living off their ring owner become
+map exceptions. nginx only reloads when that table changes, batched by the debouncer, and the ring
+is published to Redis (for the shards' own placement) only once nginx serves it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from autoscaler.config import Config
+from autoscaler.keys import Keys
+from autoscaler.metrics import Metrics
+from autoscaler.model import shard_number
+from autoscaler.nginx_apply import Debouncer, NginxApplier, reloader_for
+from autoscaler.nginx_render import RenderError, RouteShard, RouteTable, build_table, render
+from autoscaler.observe import Fleet
+
+log = logging.getLogger(__name__)
+RETRY_AFTER_FAILURE = 10.0
+
+
+def route_shards(fleet: Fleet, config: Config) -> list[RouteShard]:
+    """Shards nginx should reach: running, with a fresh heartbeat. Purely computational."""
+    shards = []
+    for shard_id in sorted(fleet.beats, key=shard_number):
+        beat = fleet.beats[shard_id]
+        instance = fleet.instances.get(shard_id)
+        fresh = fleet.now - beat.ts <= config.heartbeat.timeout
+        if instance is None or not instance.running or not fresh or not beat.addr:
+            continue
+        draining = beat.state == "draining"
+        shards.append(RouteShard(shard_id, beat.addr, not draining, beat.state == "accepting"))
+    return shards
+
+
+def route_table(fleet: Fleet, config: Config) -> RouteTable:
+    """Purely computational, no side effects."""
+    return build_table(route_shards(fleet, config), fleet.owners)
+
+
+class Front:
+    def __init__(self, config: Config, config_dir: Path, client: aioredis.Redis, metrics: Metrics):
+        self.config = config
+        self.redis = client
+        self.keys = Keys(config.redis.key_prefix)
+        self.metrics = metrics
+        self.template_dir = config_dir / config.nginx.template_dir
+        self.applier: NginxApplier | None = None
+        if config.nginx.enabled:
+            self.applier = NginxApplier(config.nginx, reloader_for(config.nginx))
+        self.debouncer = Debouncer.from_settings(config.nginx.reload)
+        self.table: RouteTable | None = None
+        """The table wanted now."""
+        self.applied: RouteTable | None = None
+        """The table nginx serves (as far as we know)."""
+        self.error = ""
+        self._retry_at = 0.0
+
+    async def update(self, fleet: Fleet, dry_run: bool) -> None:
+        """Called once per pass; applies the wanted table when it is due."""
+        table = route_table(fleet, self.config)
+        self.table = table
+        self.metrics.exceptions.set(len(table.exceptions))
+        if dry_run or (self.applied is not None and table.version == self.applied.version):
+            return
+        if not self.debouncer.pending:
+            self.debouncer.changed()
+        if time.monotonic() < self._retry_at or not self.debouncer.due():
+            return
+        ok = await self._apply(table)
+        self.debouncer.applied()
+        if ok:
+            self.applied, self.error = table, ""
+            await self._publish(table)
+        else:
+            self._retry_at = time.monotonic() + RETRY_AFTER_FAILURE
+
+    async def _apply(self, table: RouteTable) -> bool:
+        if self.applier is None:
+            return True
+        try:
+            text = render(table, self.config.nginx, self.template_dir)
+        except (RenderError, OSError) as exc:
+            return self._failed(f"render failed: {exc}")
+        result = await self.applier.apply(text, table.version)
+        if result.error:
+            return self._failed(result.error)
+        if result.reloaded:
+            self.metrics.nginx_reloads.inc()
+            log.info(
+                "nginx reloaded: %d shard(s), %d exception(s), version %s",
+                len(table.shards),
+                len(table.exceptions),
+                table.version,
+            )
+        return True
+
+    def _failed(self, error: str) -> bool:
+        self.error = error
+        self.metrics.nginx_failures.inc()
+        log.error("nginx not updated (the last good config keeps serving): %s", error)
+        return False
+
+    async def _publish(self, table: RouteTable) -> None:
+        ring = table.ring()
+        members = [{"id": shard, "addr": addr} for shard, addr in ring.members]
+        payload = json.dumps({"version": ring.fingerprint, "shards": members})
+        await self.redis.set(self.keys.ring, payload)

@@ -1,0 +1,35 @@
+"""Prometheus metrics of the autoscaler, in a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.sessions = Gauge("chatscale_sessions", "Sessions in the fleet", registry=r)
+        self.pending = Gauge("chatscale_sessions_pending", "Sessions waiting for room", registry=r)
+        self.capacity = Gauge("chatscale_capacity", "Session slots of live shards", registry=r)
+        self.shards = Gauge("chatscale_shards", "Shards by state", ["state"], registry=r)
+        self.desired = Gauge("chatscale_shards_desired", "Shard count wanted", registry=r)
+        self.leader = Gauge("chatscale_leader", "1 if this autoscaler acts", registry=r)
+        self.scale_events = Counter(
+            "chatscale_scale_events", "Actions taken", ["kind", "outcome"], registry=r
+        )
+        self.reconcile_seconds = Histogram(
+            "chatscale_reconcile_seconds",
+            "Duration of a reconcile pass",
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.reconcile_failures = Counter(
+            "chatscale_reconcile_failures", "Reconcile passes that failed", registry=r
+        )
+        self.nginx_reloads = Counter("chatscale_nginx_reloads", "nginx reloads", registry=r)
+        self.nginx_failures = Counter(
+            "chatscale_nginx_failures", "Rejected or failed nginx updates", registry=r
+        )
+        self.exceptions = Gauge(
+            "chatscale_route_exceptions", "Sessions routed off their ring owner", registry=r
+        )

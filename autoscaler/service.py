@@ -1,0 +1,113 @@
+"""`autoscaler run`: the daemon on a schedule, its status server, signals and nudges.
+
+Passes run on an APScheduler interval job; each schedule window adds a cron job that triggers a
+pass as the window opens; a shard publishing on the nudge channel (it became full) triggers one at
+once. SIGHUP reloads the config; SIGTERM stops the daemon cleanly (shards keep running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from redis.exceptions import RedisError
+
+from autoscaler.config import Config
+from autoscaler.daemon import Daemon
+from autoscaler.status import init_app
+
+log = logging.getLogger(__name__)
+PASS_JOB = "reconcile"
+
+
+def schedule_jobs(scheduler: AsyncIOScheduler, daemon: Daemon) -> None:
+    config = daemon.config
+    scheduler.add_job(
+        daemon.reconcile,
+        "interval",
+        seconds=config.reconcile.interval,
+        id=PASS_JOB,
+        max_instances=1,
+        coalesce=True,
+        next_run_time=datetime.now(UTC),
+    )
+    for window in config.policy.schedules:
+        trigger = CronTrigger.from_crontab(window.cron, timezone=ZoneInfo(window.timezone))
+        scheduler.add_job(nudge, trigger, args=[scheduler], id=f"schedule:{window.name}")
+
+
+def nudge(scheduler: AsyncIOScheduler) -> None:
+    """Run the reconcile job now instead of at its next interval."""
+    job = scheduler.get_job(PASS_JOB)
+    if job is not None:
+        job.modify(next_run_time=datetime.now(UTC))
+
+
+async def listen_for_nudges(daemon: Daemon, scheduler: AsyncIOScheduler) -> None:
+    """A shard that became full publishes on the nudge channel; react before the interval."""
+    while True:
+        try:
+            async with daemon.redis.pubsub() as pubsub:
+                await pubsub.subscribe(daemon.keys.nudge)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        log.info("nudged by %s", message.get("data"))
+                        nudge(scheduler)
+        except (RedisError, OSError) as exc:
+            log.warning("nudge channel lost (%s); resubscribing in 5 s", exc)
+            await asyncio.sleep(5)
+
+
+async def serve(config: Config, config_path: Path | None) -> int:
+    daemon = Daemon(config, config_path)
+    await daemon.open()
+    host, _, port = config.status.bind.rpartition(":")
+    runner = web.AppRunner(init_app(daemon), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+    log.info(
+        "autoscaler %s: runtime %s, %d-%d shards, status on http://%s/%s",
+        daemon.holder,
+        config.runtime.kind,
+        config.policy.min_shards,
+        config.policy.max_shards,
+        config.status.bind,
+        " (dry run)" if config.policy.dry_run else "",
+    )
+    scheduler = AsyncIOScheduler(timezone=UTC)
+    schedule_jobs(scheduler, daemon)
+    scheduler.start()
+    tasks = [
+        asyncio.create_task(listen_for_nudges(daemon, scheduler), name="nudges"),
+        asyncio.create_task(daemon.renew_forever(), name="leader renewal"),
+    ]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    def on_hup() -> None:
+        daemon.request_reload()
+        nudge(scheduler)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    await stop.wait()
+    log.info("stopping (shards keep running)")
+    scheduler.shutdown(wait=False)
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await daemon.wait_idle()
+    await runner.cleanup()
+    await daemon.close()
+    log.info("stopped")
+    return 0
