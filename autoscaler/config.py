@@ -96,6 +96,9 @@ class ShardSettings(Frozen):
     """Extra environment variables for every shard (e.g. API_KEY, WHATSAPP_URL)."""
     network: str | None = None
     """Docker network shards join; nginx must be on it too. None: Docker's default bridge."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Extra Docker labels on every shard container (e.g. compose's project label, so that
+    `docker compose down --remove-orphans` removes shards too). chatscale.* labels are reserved."""
     port: int = Field(default=8000, ge=1, le=65535)
     """Port the shard service listens on inside its container."""
     stop_timeout: PositiveInt = 60
@@ -200,7 +203,10 @@ class NginxSettings(Frozen):
     listen: int = Field(default=3000, ge=1, le=65535)
     """Port clients (e.g. a Laravel app) talk to."""
     binary: str = "nginx"
-    """nginx executable used for `nginx -t` (and, for a local nginx, `-s reload`)."""
+    """nginx executable used for `nginx -t` (and to start a local nginx that is not running)."""
+    front_url: str | None = None
+    """URL where the autoscaler reaches the front, to confirm a reload took effect before the new
+    ring is published to the shards. None: publish once the reload signal is sent."""
     container: str | None = None
     """Docker: name of the nginx container to send SIGHUP to. None: reload a local nginx."""
     pid_path: str = "/run/chatscale-nginx.pid"
@@ -221,7 +227,7 @@ class NginxSettings(Frozen):
     """Seconds to connect to a shard before the request fails over."""
     read_timeout: PositiveFloat = 120.0
     """Seconds a shard may take to answer (QR codes and sends drive a browser)."""
-    upstream_keepalive: int = Field(default=16, ge=0)
+    upstream_keepalive: int = Field(default=32, ge=0)
     """Idle keep-alive connections each nginx worker keeps per shard."""
     reload: ReloadSettings = ReloadSettings()
 

@@ -60,7 +60,37 @@ def load_config(
         text = Path(path).read_text() if path is not None else ""
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([ConfigIssue("", source, f"cannot read: {exc}")]) from None
-    return parse_config(text, source, os.environ if env is None else env)
+    config = parse_config(text, source, os.environ if env is None else env)
+    return resolve_paths(config, Path(path).resolve().parent if path is not None else Path.cwd())
+
+
+def resolve_paths(config: Config, base: Path) -> Config:
+    """Relative file paths in the config are read from the config file's folder, so a config
+    works the same whatever the working directory. Purely computational."""
+
+    def absolute(value: str) -> str:
+        if value in ("off", "stderr") or value.startswith("/"):
+            return value
+        return str(base / value)
+
+    nginx = config.nginx.model_copy(
+        update={
+            name: absolute(getattr(config.nginx, name))
+            for name in (
+                "template_dir",
+                "config_path",
+                "pid_path",
+                "runtime_dir",
+                "access_log",
+                "error_log",
+            )
+        }
+    )
+    local = config.runtime.local.model_copy(
+        update={"log_dir": absolute(config.runtime.local.log_dir)}
+    )
+    runtime = config.runtime.model_copy(update={"local": local})
+    return config.model_copy(update={"nginx": nginx, "runtime": runtime})
 
 
 def parse_config(text: str, source: str, env: Mapping[str, str]) -> Config:

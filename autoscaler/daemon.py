@@ -84,7 +84,6 @@ class Daemon:
     ):
         self.config = config
         self.config_path = config_path
-        self.config_dir = config_path.parent if config_path else Path.cwd()
         self._own_runtime = runtime is None
         self.runtime = runtime or make_runtime(config)
         self.holder = holder or f"{socket.gethostname()}-{os.getpid()}"
@@ -111,7 +110,7 @@ class Daemon:
         self.actor = Actor(
             self.config, self.runtime, self.redis, self.http, self.events, self.metrics
         )
-        self.front = Front(self.config, self.config_dir, self.redis, self.metrics)
+        self.front = Front(self.config, self.redis, self.metrics)
         self.lock = LeaderLock(
             self.redis, keys.leader, self.holder, self.config.reconcile.leader_ttl
         )

@@ -46,51 +46,73 @@ def route_table(fleet: Fleet, config: Config) -> RouteTable:
     return build_table(route_shards(fleet, config), fleet.owners)
 
 
+def endpoints(fleet: Fleet, table: RouteTable) -> dict[str, str]:
+    """Where each routed shard really is right now (container IP, or its address).
+
+    nginx resolves shard names only when it loads a config, so a shard replaced under the same
+    name (new container, new IP) needs a reload even though the config text is unchanged.
+    Purely computational.
+    """
+    found = {}
+    for shard in table.shards:
+        instance = fleet.instances.get(shard.id)
+        found[shard.id] = instance.endpoint if instance and instance.endpoint else shard.addr
+    return found
+
+
 class Front:
-    def __init__(self, config: Config, config_dir: Path, client: aioredis.Redis, metrics: Metrics):
+    def __init__(self, config: Config, client: aioredis.Redis, metrics: Metrics):
         self.config = config
         self.redis = client
         self.keys = Keys(config.redis.key_prefix)
         self.metrics = metrics
-        self.template_dir = config_dir / config.nginx.template_dir
+        self.template_dir = Path(config.nginx.template_dir)
         self.applier: NginxApplier | None = None
         if config.nginx.enabled:
-            self.applier = NginxApplier(config.nginx, reloader_for(config.nginx))
+            self.applier = NginxApplier(
+                config.nginx, reloader_for(config.nginx), confirm_url=config.nginx.front_url
+            )
         self.debouncer = Debouncer.from_settings(config.nginx.reload)
         self.table: RouteTable | None = None
         """The table wanted now."""
         self.applied: RouteTable | None = None
         """The table nginx serves (as far as we know)."""
         self.error = ""
+        self._applied_endpoints: dict[str, str] = {}
+        self._wanted_key: tuple[str, dict[str, str]] | None = None
         self._retry_at = 0.0
 
     async def update(self, fleet: Fleet, dry_run: bool) -> None:
         """Called once per pass; applies the wanted table when it is due."""
         table = route_table(fleet, self.config)
+        where = endpoints(fleet, table)
         self.table = table
         self.metrics.exceptions.set(len(table.exceptions))
-        if dry_run or (self.applied is not None and table.version == self.applied.version):
+        current = self.applied is not None and table.version == self.applied.version
+        moved = current and where != self._applied_endpoints
+        if dry_run or (current and not moved):
             return
-        if not self.debouncer.pending:
-            self.debouncer.changed()
+        if self._wanted_key != (table.version, where):
+            self._wanted_key = (table.version, where)
+            self.debouncer.changed()  # each new change restarts the quiet period
         if time.monotonic() < self._retry_at or not self.debouncer.due():
             return
-        ok = await self._apply(table)
+        ok = await self._apply(table, force=moved)
         self.debouncer.applied()
         if ok:
-            self.applied, self.error = table, ""
+            self.applied, self.error, self._applied_endpoints = table, "", where
             await self._publish(table)
         else:
             self._retry_at = time.monotonic() + RETRY_AFTER_FAILURE
 
-    async def _apply(self, table: RouteTable) -> bool:
+    async def _apply(self, table: RouteTable, force: bool) -> bool:
         if self.applier is None:
             return True
         try:
             text = render(table, self.config.nginx, self.template_dir)
         except (RenderError, OSError) as exc:
             return self._failed(f"render failed: {exc}")
-        result = await self.applier.apply(text, table.version)
+        result = await self.applier.apply(text, table.version, force=force)
         if result.error:
             return self._failed(result.error)
         if result.reloaded:

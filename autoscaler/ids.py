@@ -11,7 +11,7 @@ import re
 
 MAX_LENGTH = 64
 PATTERN = r"[a-z0-9][a-z0-9_-]{0,63}"
-_SESSION_ID = re.compile(rf"^{PATTERN}$")
+_SESSION_ID = re.compile(PATTERN)
 
 
 class InvalidSessionId(ValueError):
@@ -22,12 +22,12 @@ def check_session_id(raw: object) -> str:
     """Return `raw` if it is a canonical session id, else raise InvalidSessionId."""
     if not isinstance(raw, str) or not raw:
         raise InvalidSessionId("session id must be a non-empty string")
-    if _SESSION_ID.match(raw):
+    if _SESSION_ID.fullmatch(raw):
         return raw
     if len(raw) > MAX_LENGTH:
         raise InvalidSessionId(f"session id is longer than {MAX_LENGTH} characters")
     lowered = raw.lower()
-    if lowered != raw and _SESSION_ID.match(lowered):
+    if lowered != raw and _SESSION_ID.fullmatch(lowered):
         raise InvalidSessionId(f"session ids are lowercase; use {lowered!r}")
     raise InvalidSessionId(
         "session id must be 1-64 characters of a-z, 0-9, '_' and '-',"

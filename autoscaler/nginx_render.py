@@ -230,7 +230,7 @@ def _id_problem(sid: str) -> str:
         ids.check_session_id(sid)
     except ids.InvalidSessionId as exc:
         return str(exc)
-    return "not a canonical session id"  # e.g. a trailing newline, which `$` lets through
+    return "not a canonical session id"  # unreachable while both use the same pattern
 
 
 def _duplicates(what: str, values: Iterable[str]) -> list[str]:

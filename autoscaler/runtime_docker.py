@@ -39,6 +39,7 @@ def container_args(config: Config, shard_id: str) -> dict[str, Any]:
         "hostname": name,
         "detach": True,
         "labels": {
+            **config.shard.labels,
             LABEL_PROJECT: config.runtime.project,
             LABEL_SHARD: shard_id,
             LABEL_CONFIG: config.fingerprint(),

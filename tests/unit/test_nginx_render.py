@@ -143,7 +143,7 @@ def test_settings_reach_the_config() -> None:
         (RouteTable((RouteShard("shard-1", "a:80"), RouteShard("shard-1", "b:80"))), "shard id"),
         (RouteTable((RouteShard("shard-1", "a:80"), RouteShard("shard-2", "a:80"))), "address"),
         (RouteTable(SHARDS, {"Alice": "shard-1"}), "lowercase; use 'alice'"),
-        (RouteTable(SHARDS, {"alice\n": "shard-1"}), "canonical"),
+        (RouteTable(SHARDS, {"alice\n": "shard-1"}), "1-64 characters"),
         (RouteTable(SHARDS, {'a"; x': "shard-1"}), "1-64 characters"),
         (RouteTable(SHARDS, {"a" * 65: "shard-1"}), "longer than 64"),
         (RouteTable(SHARDS, {"alice": "shard-7"}), "'shard-7' is not a rendered shard"),
