@@ -49,7 +49,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", default="config.yaml")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     run.set_defaults(func=_run)
+
+    down = sub.add_parser("down", help="stop every shard of this project (and a local nginx)")
+    down.add_argument("--config", default="config.yaml")
+    down.set_defaults(func=_down)
     return parser
+
+
+def _down(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from autoscaler.service import down
+
+    return asyncio.run(down(load_config(args.config)))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -62,6 +74,9 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # APScheduler logs every job run at INFO: one line per pass says nothing the status page
+    # does not.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     path = Path(args.config).resolve()
     config = load_config(path)
     return asyncio.run(serve(config, path))

@@ -17,9 +17,9 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from autoscaler import proctree
 from autoscaler.config import Config
 from autoscaler.model import shard_number
 from autoscaler.runtime import RuntimeFailure, ShardInstance, by_number, shard_env
@@ -32,13 +32,6 @@ _DETACH = (
     "import os, sys; os.setsid(); os.fork() and os._exit(0); os.execvp(sys.argv[1], sys.argv[1:])"
 )
 _TICKS = os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
-class _Proc:
-    pid: int
-    marker: str
-    started_at: float
 
 
 class LocalRuntime:
@@ -56,17 +49,12 @@ class LocalRuntime:
         return f"{self.config.runtime.project}/{shard_id}"
 
     async def list_shards(self) -> list[ShardInstance]:
-        prefix = f"{self.config.runtime.project}/"
-        roots = _roots(_marked_processes())
-        instances = [
-            self._instance(marker.removeprefix(prefix), proc)
-            for marker, proc in roots.items()
-            if marker.startswith(prefix)
-        ]
+        roots = shard_roots(self.config.runtime.project)
+        instances = [self._instance(shard_id, proc) for shard_id, proc in roots.items()]
         return by_number([i for i in instances if i is not None])
 
     async def inspect(self, shard_id: str) -> ShardInstance | None:
-        proc = _roots(_marked_processes()).get(self._marker(shard_id))
+        proc = shard_roots(self.config.runtime.project).get(shard_id)
         return None if proc is None else self._instance(shard_id, proc)
 
     async def start(self, shard_id: str) -> ShardInstance:
@@ -104,17 +92,15 @@ class LocalRuntime:
             raise RuntimeFailure(f"cannot start {command}: exit code {code} (see {log_path})")
 
     async def stop(self, shard_id: str, timeout: float) -> None:
-        """SIGTERM the shard, wait up to `timeout`, then SIGKILL everything with its marker."""
+        """SIGTERM the shard, wait up to `timeout`, then SIGKILL what is left of its tree."""
+        recorded = proctree.marked_tree(MARKER, self._marker(shard_id))
         current = await self.inspect(shard_id)
         if current is not None:
             log.info("stopping local shard %s (%s)", shard_id, current.detail)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(current.detail.split()[1]), signal.SIGTERM)
             await self._wait_gone(shard_id, timeout)
-        for proc in _marked_processes():
-            if proc.marker == self._marker(shard_id):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
+        proctree.kill(recorded + proctree.marked_tree(MARKER, self._marker(shard_id)))
 
     async def _wait_gone(self, shard_id: str, timeout: float) -> None:
         for _ in range(max(1, int(timeout / 0.1))):
@@ -128,43 +114,27 @@ class LocalRuntime:
             raise RuntimeFailure(f"no running process for {shard_id}")
         os.kill(int(current.detail.split()[1]), signum)
 
-    def _instance(self, shard_id: str, proc: _Proc) -> ShardInstance | None:
+    def _instance(self, shard_id: str, proc: proctree.Proc) -> ShardInstance | None:
         try:
             shard_number(shard_id)
         except ValueError:
             return None
-        return ShardInstance(
-            shard_id, True, proc.started_at, self.addr(shard_id), detail=f"pid {proc.pid}"
-        )
+        started = _boot_time() + proc.start / _TICKS
+        return ShardInstance(shard_id, True, started, self.addr(shard_id), detail=f"pid {proc.pid}")
 
 
-def _marked_processes() -> list[_Proc]:
-    """Every live process carrying a MARKER in its environment."""
-    boot = _boot_time()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        marker = next((e for e in environ if e.startswith(MARKER.encode() + b"=")), None)
-        if marker is None or stat[0] == "Z":
-            continue
-        started = boot + int(stat[19]) / _TICKS
-        value = marker.split(b"=", 1)[1].decode(errors="replace")
-        found.append(_Proc(int(entry), value, started))
-    return found
+def shard_roots(project: str) -> dict[str, proctree.Proc]:
+    """shard id -> the shard's own process, for every local shard of `project`.
 
-
-def _roots(procs: list[_Proc]) -> dict[str, _Proc]:
-    """Per marker, the earliest-started process: the shard itself (everything else, its
-    browser and the browser's daemonized helpers, started after it)."""
-    roots: dict[str, _Proc] = {}
-    for proc in sorted(procs, key=lambda p: (p.started_at, p.pid), reverse=True):
-        roots[proc.marker] = proc
+    Per marker the earliest-started process is the shard itself: its browser and the browser's
+    helpers (which inherit the marker) all started after it.
+    """
+    prefix = f"{project}/"
+    roots: dict[str, proctree.Proc] = {}
+    marked = [p for p in proctree.scan(MARKER).values() if p.marker and p.marker.startswith(prefix)]
+    for proc in sorted(marked, key=lambda p: (p.start, p.pid), reverse=True):
+        assert proc.marker is not None
+        roots[proc.marker.removeprefix(prefix)] = proc
     return roots
 
 

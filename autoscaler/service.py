@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,4 +111,26 @@ async def serve(config: Config, config_path: Path | None) -> int:
     await runner.cleanup()
     await daemon.close()
     log.info("stopped")
+    return 0
+
+
+async def down(config: Config) -> int:
+    """Stop every shard of the project (each hands its sessions off first), then a local nginx.
+
+    Sessions stay in Redis, released, and are adopted again by the next fleet. Prints progress.
+    """
+    from autoscaler.daemon import make_runtime
+    from autoscaler.nginx_apply import running_pid
+
+    runtime = make_runtime(config)
+    shards = await runtime.list_shards()
+    print(f"stopping {len(shards)} shard(s) of project {config.runtime.project!r}", flush=True)
+    for instance in shards:
+        await runtime.stop(instance.shard_id, config.shard.stop_timeout)
+        print(f"  stopped {instance.shard_id}", flush=True)
+    if config.nginx.enabled and not config.nginx.container:
+        pid = running_pid(Path(config.nginx.pid_path))
+        if pid is not None:
+            os.kill(pid, signal.SIGQUIT)  # graceful: finish requests in flight
+            print(f"  stopped nginx (pid {pid})", flush=True)
     return 0

@@ -349,7 +349,7 @@ async def get_qr(request: web.Request) -> web.StreamResponse:
     if fmt not in ("png", "raw"):
         raise BadRequest("format must be 'png' or 'raw'")
     try:
-        raw, png = await shard.manager.qr(sid)
+        raw, png = await shard.manager.qr(sid, image=fmt == "png")
     except NotHere:
         return await elsewhere(request, await locate(shard, sid), sid)
     if fmt == "raw":

@@ -1,6 +1,6 @@
 """One Chromium per shard; one BrowserContext per session.
 
-A context costs tens of MB where a separate browser per session costs hundreds (docs/benchmarks.md),
+A context costs far less than a separate browser per session (docs/benchmarks.md has the figures),
 which is what lets one shard hold 50 sessions. The browser is watched: if it dies, `on_crash` runs
 so the session manager can reopen every session from its snapshot in a new browser.
 """
@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from playwright.async_api import Browser, BrowserContext, Playwright, async_playwright
+
+from autoscaler import proctree
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,9 @@ CHROMIUM_ARGS = (
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
-    "--disable-features=Translate,MediaRouter",
+    # The omnibox popup is a hidden WebUI page kept per context (about 55 MB each, measured in
+    # bench/bench_shard.py); a headless session never shows an address bar.
+    "--disable-features=Translate,MediaRouter,WebUIOmniboxPopup,WebUIOmniboxAimPopup",
 )
 
 
@@ -77,49 +80,33 @@ class BrowserHost:
             asyncio.get_running_loop().create_task(self.on_crash())
 
     async def new_context(self, storage_state: dict[str, Any] | None = None) -> BrowserContext:
+        # The lock covers only the relaunch check, so contexts open concurrently.
         async with self._lock:
             if self._browser is None or not self._browser.is_connected():
                 await self._launch()
-            assert self._browser is not None
-            return await self._browser.new_context(
-                storage_state=storage_state,  # type: ignore[arg-type]
-                viewport={"width": 1280, "height": 800},
-            )
+            browser = self._browser
+        assert browser is not None
+        return await browser.new_context(
+            storage_state=storage_state,  # type: ignore[arg-type]
+            viewport={"width": 1280, "height": 800},
+        )
 
     async def stop(self) -> None:
         """Close the browser and the driver; no Chromium process may outlive this."""
         self._closing = True
+        # Recorded before closing: once the browser is gone its helpers are adopted by init and
+        # no longer show below it.
+        recorded = proctree.marked_tree(MARKER, self.marker)
         if self._browser is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._browser.close(), 10)
         if self._playwright is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._playwright.stop(), 10)
-        killed = kill_stray_chromium(self.marker)
+        killed = proctree.kill(recorded + proctree.marked_tree(MARKER, self.marker))
         if killed:
             log.warning("killed %d browser process(es) left after close", killed)
 
 
 MARKER = "CHATSCALE_BROWSER_OWNER"
-"""Environment variable set on the browser's process tree, so strays can be found later."""
-
-
-def kill_stray_chromium(marker: str) -> int:
-    """Last resort after close(): SIGKILL every process still carrying our marker.
-
-    Chromium daemonizes helpers (crashpad) and Playwright starts it in a session of its own, so
-    neither the process tree nor the process group finds them all; the inherited environment does.
-    Only processes with this shard's own marker value are touched. Returns how many were killed.
-    """
-    needle = f"{MARKER}={marker}".encode()
-    killed = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                environ = handle.read().split(b"\0")
-            if needle in environ:
-                os.kill(int(entry), signal.SIGKILL)
-                killed += 1
-    return killed
+"""Set in the browser's environment, so its process tree can be found (see proctree.py)."""

@@ -61,7 +61,7 @@ class Driver(Protocol):
 
     async def open(self, page: Page) -> None: ...
     async def state(self, page: Page) -> PageState: ...
-    async def qr(self, page: Page) -> tuple[str, bytes]: ...
+    async def qr(self, page: Page, image: bool = True) -> tuple[str, bytes]: ...
     async def send_text(self, page: Page, to: str, text: str) -> str: ...
     async def logout(self, page: Page) -> None: ...
 
@@ -84,13 +84,15 @@ class WebDriver:
             return PageState.QR
         return PageState.LOADING
 
-    async def qr(self, page: Page) -> tuple[str, bytes]:
+    async def qr(self, page: Page, image: bool = True) -> tuple[str, bytes]:
+        """The QR payload, and a PNG of the QR element when `image` (b"" otherwise)."""
         element = page.locator(self.selectors.qr).first
         if not await element.count():
             raise DriverError("no QR code on the page (already logged in, or still loading)")
         attribute = self.selectors.qr_attribute
         raw = await element.get_attribute(attribute) if attribute else await element.inner_text()
-        return raw or "", await element.screenshot(type="png")
+        png = await element.screenshot(type="png") if image else b""
+        return raw or "", png
 
     async def send_text(self, page: Page, to: str, text: str) -> str:
         raise Unsupported(f"the {self.name} driver cannot send messages")

@@ -267,11 +267,11 @@ class SessionManager:
         self.metrics.snapshot_bytes.observe(len(blob))
         return True
 
-    async def qr(self, sid: str) -> tuple[str, bytes]:
+    async def qr(self, sid: str, image: bool = True) -> tuple[str, bytes]:
         session = self.get(sid)
         if session.page is None or session.status != Status.SCAN_QR_CODE:
             raise DriverError(f"no QR code: session is {session.status}")
-        return await session.driver.qr(session.page)
+        return await session.driver.qr(session.page, image)
 
     async def screenshot(self, sid: str) -> bytes:
         session = self.get(sid)

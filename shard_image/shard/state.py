@@ -26,6 +26,9 @@ from shard.settings import ShardSettings
 
 log = logging.getLogger(__name__)
 MIGRATION_ATTEMPTS = 3
+MEMORY_SAMPLE_SECONDS = 5.0
+"""Without a cgroup limit, memory is the PSS of ~2.5 processes per session: reading it for 50
+sessions takes a few hundred ms, too much to repeat every heartbeat."""
 
 
 class Shard:
@@ -50,6 +53,7 @@ class Shard:
         self._last_beat = time.monotonic()
         self._drain: asyncio.Task[None] | None = None
         self._reported_full = False
+        self._measured_at = -MEMORY_SAMPLE_SECONDS
 
     # --- state ------------------------------------------------------------------------------
 
@@ -78,7 +82,9 @@ class Shard:
 
     async def beat_once(self) -> None:
         try:
-            self.memory = await asyncio.to_thread(measure)
+            if time.monotonic() - self._measured_at >= MEMORY_SAMPLE_SECONDS:
+                self.memory = await asyncio.to_thread(measure)
+                self._measured_at = time.monotonic()
             await self.registry.beat(self._fields(), ttl=self.settings.heartbeat_timeout)
         except (RedisError, OSError) as exc:
             self.metrics.heartbeat_failures.inc()

@@ -8,8 +8,10 @@ shards with Chromium run in tests/shard and in the end-to-end tests.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import shutil
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +22,9 @@ import pytest
 import redis
 import yaml
 from support.procs import free_port, require_binary, start, stop, wait_for
+
+from autoscaler import proctree
+from autoscaler.runtime_local import MARKER, shard_roots
 
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
@@ -78,33 +83,20 @@ class Harness:
                 filters={"label": f"chatscale.project={self.project}"}
             )
             return sorted(c.labels["chatscale.shard"] for c in found)
-        from autoscaler.runtime_local import _marked_processes, _roots
-
-        prefix = f"{self.project}/"
-        return sorted(
-            m.removeprefix(prefix) for m in _roots(_marked_processes()) if m.startswith(prefix)
-        )
+        return sorted(shard_roots(self.project))
 
     def kill(self, shard_id: str) -> None:
         """SIGKILL one shard, as a crash would."""
         if self.kind == "docker":
             self.docker.containers.get(f"{self.project}-{shard_id}").kill(signal="SIGKILL")
             return
-        import os
-        import signal
-
-        from autoscaler.runtime_local import _marked_processes, _roots
-
-        root = _roots(_marked_processes())[f"{self.project}/{shard_id}"]
-        os.kill(root.pid, signal.SIGKILL)
+        os.kill(shard_roots(self.project)[shard_id].pid, signal.SIGKILL)
 
     def identity(self, shard_id: str) -> str:
         """Container id / pid: changes when a shard is replaced."""
         if self.kind == "docker":
             return str(self.docker.containers.get(f"{self.project}-{shard_id}").id)
-        from autoscaler.runtime_local import _marked_processes, _roots
-
-        return str(_roots(_marked_processes())[f"{self.project}/{shard_id}"].pid)
+        return str(shard_roots(self.project)[shard_id].pid)
 
     def cleanup(self) -> None:
         if self.kind == "docker":
@@ -113,15 +105,9 @@ class Harness:
                 with contextlib.suppress(Exception):
                     container.remove(force=True)
             return
-        import os
-        import signal
-
-        from autoscaler.runtime_local import _marked_processes
-
-        for proc in _marked_processes():
-            if proc.marker.startswith(f"{self.project}/"):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
+        procs = proctree.scan(MARKER)
+        ours = {p.pid for p in procs.values() if (p.marker or "").startswith(f"{self.project}/")}
+        proctree.kill(proctree.tree(procs, ours))
 
 
 def free_port_block() -> int:

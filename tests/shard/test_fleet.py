@@ -15,6 +15,7 @@ from shard.registry import Registry
 from support.procs import wait_for
 from support.shards import Api, ShardFleet, ShardProc, scan, site_state
 
+from autoscaler import proctree
 from autoscaler.keys import Keys
 from autoscaler.ring import Ring
 
@@ -163,8 +164,9 @@ async def test_drain_moves_sessions_without_a_new_scan(
     assert len((await site_state(http, site_url))["sessions"]) == scans, "no new scan"
     code, body, _ = await api.call("PUT", "/api/sessions/d3", {}, {"X-Chatscale-Forwarded-By": "t"})
     assert code == 503 and "draining" in body["error"]
+    recorded = one.processes()
     assert one.sigterm(timeout=30) == 0
-    wait_for(lambda: not one.processes(), 5, "no process of the stopped shard left")
+    wait_for(lambda: not proctree.alive(recorded), 5, "no process of the stopped shard left")
 
 
 async def test_sigterm_releases_sessions_for_others(
@@ -174,10 +176,11 @@ async def test_sigterm_releases_sessions_for_others(
     api = Api(http, shard.url)
     await api.call("PUT", "/api/sessions/t1", {})
     await api.wait_status("t1", "SCAN_QR_CODE")
+    recorded = shard.processes()
     started = time.monotonic()
     assert shard.sigterm(timeout=30) == 0
     assert time.monotonic() - started < 20
-    wait_for(lambda: not shard.processes(), 5, "no process of the stopped shard left")
+    wait_for(lambda: not proctree.alive(recorded), 5, "no process of the stopped shard left")
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     assert await client.smembers(KEYS.orphans) == {"t1"}, "released for another shard to adopt"
     assert await client.hget(KEYS.session("t1"), "owner") == ""
@@ -202,13 +205,13 @@ async def test_browser_crash_restores_sessions(
 
 def main_chromium(shard: ShardProc) -> int | None:
     """The browser process (not a renderer, zygote or crashpad helper) of a shard."""
-    for pid in shard.processes():
+    for proc in shard.processes():
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            with open(f"/proc/{proc.pid}/cmdline", "rb") as handle:
                 argv = handle.read().split(b"\0")
         except OSError:
             continue
         helper = any(a.startswith(b"--type=") for a in argv) or b"crashpad" in argv[0]
         if argv[0].endswith(b"chromium") and not helper:
-            return pid
+            return proc.pid
     return None

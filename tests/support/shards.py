@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 
+from autoscaler import proctree
 from support.procs import free_port, kill_group, port_open, start, wait_for
 
 API_KEY = "test-key"
@@ -30,8 +31,9 @@ class ShardProc:
     tag: str
     """Value of TAG in this process's environment (and its browser's)."""
 
-    def processes(self) -> list[int]:
-        return tagged_processes(self.tag)
+    def processes(self) -> list[proctree.Proc]:
+        """The shard's process and everything below it (its driver, Chromium and helpers)."""
+        return proctree.marked_tree(TAG, self.tag)
 
     @property
     def url(self) -> str:
@@ -88,33 +90,11 @@ class ShardFleet:
                 with contextlib.suppress(subprocess.TimeoutExpired, ProcessLookupError):
                     shard.sigterm(timeout=30)
             kill_group(shard.proc)
-            for pid in shard.processes():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            proctree.kill(shard.processes())
 
 
 TAG = "CHATSCALE_TEST_TAG"
-
-
-def tagged_processes(tag: str) -> list[int]:
-    """Live pids whose environment carries TAG=tag: a test shard and everything it started.
-
-    Chromium runs in a session of its own and daemonizes helpers, so neither the process tree
-    nor the session finds them all; the inherited environment does.
-    """
-    needle = f"{TAG}={tag}".encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if needle in environ and state != "Z":
-            pids.append(int(entry))
-    return pids
+"""Set in each test shard's environment; with proctree it finds the shard's whole process tree."""
 
 
 class Api:
