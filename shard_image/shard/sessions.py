@@ -205,10 +205,19 @@ class SessionManager:
                 log.debug("state probe of %s failed: %s", session.id, exc)
                 page_state = PageState.LOADING
             status = _STATUS_OF.get(page_state, session.status)
+            # A login is snapshotted before it is reported WORKING: whoever sees WORKING can
+            # rely on the session surviving a crash without a new scan.
+            if status == Status.WORKING and self._snapshot_due(session):
+                try:
+                    saved = await self.snapshot(session)
+                except Exception as exc:  # the page was busy; the next tick tries again
+                    log.info("snapshot of %s failed, retrying: %s", session.id, exc)
+                    await asyncio.sleep(WATCH_INTERVAL)
+                    continue
+                if not saved:
+                    return
             if status != session.status and not await self._set_status(session, status):
                 return
-            if status == Status.WORKING and self._snapshot_due(session):
-                await self.snapshot(session)
             await asyncio.sleep(WATCH_INTERVAL)
 
     def _snapshot_due(self, session: LiveSession) -> bool:
@@ -217,8 +226,6 @@ class SessionManager:
     async def _set_status(self, session: LiveSession, status: Status, error: str = "") -> bool:
         """Record a status change; False (and the local copy closed) if the session was lost."""
         session.status, session.error = status, error
-        if status == Status.WORKING:
-            session.snapshot_at = 0.0  # snapshot as soon as it reaches WORKING
         fields = {"status": status.value, "error": error}
         if await self.registry.update(session.id, session.token, fields):
             return True

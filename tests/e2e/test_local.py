@@ -16,7 +16,7 @@ import pytest
 import yaml
 from e2e_support import record_timings
 from scenario import API_KEY, MAX_SESSIONS, Scenario, System, e2e_policy
-from support.procs import free_port, port_open, start, stop, wait_for
+from support.procs import free_port, free_port_block, port_open, start, stop, wait_for
 
 from autoscaler import proctree
 from autoscaler.runtime_local import MARKER, shard_roots
@@ -24,14 +24,6 @@ from autoscaler.runtime_local import MARKER, shard_roots
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "e2elocal"
-
-
-def block(size: int = 10) -> int:
-    for _ in range(50):
-        base = free_port()
-        if base < 60000 and not any(port_open(base + i) for i in range(size)):
-            return base
-    raise RuntimeError("no free port block")
 
 
 def local_config(folder: Path, redis_port: int, site: str) -> dict[str, Any]:
@@ -49,7 +41,7 @@ def local_config(folder: Path, redis_port: int, site: str) -> dict[str, Any]:
         "runtime": {
             "kind": "local",
             "project": PROJECT,
-            "local": {"base_port": block(), "command": ["shard"], "log_dir": "shards"},
+            "local": {"base_port": free_port_block(), "command": ["shard"], "log_dir": "shards"},
         },
         "nginx": {
             "template_dir": str(ROOT / "nginx_templates"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from conftest import Harness
+from support.harness import Harness
 
 from autoscaler.configload import load_config
 from autoscaler.daemon import Daemon

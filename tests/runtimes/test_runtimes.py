@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from conftest import Harness
+from support.harness import Harness
 from support.procs import start, wait_for
 
 from autoscaler.configload import load_config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -18,6 +19,29 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_block(size: int = 10) -> int:
+    """A base port whose next `size` ports can all be bound now.
+
+    Picked below the kernel's ephemeral range (32768+), where outgoing connections of a busy
+    test run take their local ports and would make a later bind fail.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - size)
+        if all(_bindable(base + i) for i in range(size)):
+            return base
+    raise RuntimeError(f"no block of {size} free ports")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def require_binary(name: str) -> str:
