@@ -86,6 +86,9 @@ class Actor:
         except (ActionFailed, RuntimeFailure, RedisError, aiohttp.ClientError, TimeoutError) as exc:
             log.error("%s failed: %s", action, exc)
             return f"failed: {exc}"
+        except Exception as exc:  # a bug in one action must not keep the others from running
+            log.exception("%s failed unexpectedly", action)
+            return f"failed: {type(exc).__name__}: {exc}"
         log.info("%s", action)
         return "ok"
 

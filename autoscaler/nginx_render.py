@@ -23,7 +23,7 @@ from autoscaler import ids
 from autoscaler.config import NginxSettings, parse_size
 from autoscaler.model import SHARD_ID
 from autoscaler.placement import exceptions as ring_exceptions
-from autoscaler.ring import Ring, shard_order
+from autoscaler.ring import Ring, ring_of, shard_order
 
 TEMPLATE = "nginx.conf.j2"
 RING_UPSTREAM = "chatscale_ring"
@@ -99,7 +99,7 @@ class RouteTable:
 
     def ring(self) -> Ring:
         """The ring nginx builds from this table's `hash ... consistent` upstream."""
-        return Ring([(s.id, s.addr) for s in self.shards if s.in_ring])
+        return ring_of(tuple((s.id, s.addr) for s in self.shards if s.in_ring))
 
 
 def upstream_name(shard_id: str) -> str:

@@ -24,6 +24,7 @@ import hashlib
 import zlib
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from functools import lru_cache
 
 from autoscaler.model import SHARD_ID
 
@@ -135,6 +136,15 @@ class Ring:
 
     def __repr__(self) -> str:
         return f"Ring({len(self.members)} members, fingerprint={self.fingerprint})"
+
+
+@lru_cache(maxsize=16)
+def ring_of(members: tuple[tuple[str, str], ...]) -> Ring:
+    """A shared Ring per membership: building one for 1,000 shards takes a good part of a
+    reconcile pass, and the membership rarely changes. Rings are immutable, so sharing is safe.
+    Purely computational, no side effects.
+    """
+    return Ring(members)
 
 
 def membership_fingerprint(members: Sequence[tuple[str, str]]) -> str:

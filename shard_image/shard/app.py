@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from autoscaler.keys import Keys
 from shard.api import api_key, bad_requests, routes, shard_header
@@ -53,6 +54,10 @@ def _resources(settings: ShardSettings):  # type: ignore[no-untyped-def]
         app[SHARD] = shard
         await browser.start()
         await shard.beat_once()
+        # A new shard asks for a reconcile pass at once, so it joins the ring (and nginx) now
+        # rather than at the next interval.
+        with contextlib.suppress(RedisError):
+            await registry.nudge()
         heartbeat = asyncio.create_task(shard.heartbeat_forever(), name="heartbeat")
         restore = asyncio.create_task(shard.manager.restore_owned(), name="restore")
         log.info("shard %s serving on %s", settings.shard_id, settings.public_addr)
