@@ -106,6 +106,10 @@ class Actor:
         if owned:
             raise ActionFailed(f"{shard_id} owns {owned} session(s) now; not stopping it")
         await self.runtime.stop(shard_id, self.config.shard.stop_timeout)
+        # Forget the shard only if it left nothing behind: a session claimed in the meantime
+        # and not released must stay visible (the shard then shows as dead and is replaced).
+        if await self.redis.scard(self.keys.shard_sessions(shard_id)):
+            raise ActionFailed(f"{shard_id} stopped but still owns sessions; it will be replaced")
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(self.keys.shard(shard_id))
             pipe.zrem(self.keys.shards, shard_id)

@@ -40,12 +40,12 @@ def parse_size(text: str | int) -> int:
     return value
 
 
-def _check_size(text: str) -> str:
-    parse_size(text)
-    return text
+def _check_size(value: str | int) -> str | int:
+    parse_size(value)
+    return value
 
 
-Size = Annotated[str, AfterValidator(_check_size)]
+Size = Annotated[str | int, AfterValidator(_check_size)]
 Fraction = Annotated[float, Field(gt=0, le=1)]
 
 
@@ -256,12 +256,17 @@ class ReconcileSettings(Frozen):
     """Seconds between two reconcile passes (a shard reporting `full` triggers one sooner)."""
     leader_ttl: PositiveFloat = 10.0
     """Seconds the leader lock lives without renewal: how soon a standby takes over."""
-    history_seconds: PositiveFloat = 3600.0
-    """How long decisions and events are kept for the status page."""
+
+
+def _check_bind(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port, e.g. 127.0.0.1:8080")
+    return value
 
 
 class StatusSettings(Frozen):
-    bind: str = "127.0.0.1:8080"
+    bind: Annotated[str, AfterValidator(_check_bind)] = "127.0.0.1:8080"
     """host:port of the status page, JSON status and /metrics."""
     token: str | None = None
     """If set, every status request must carry `Authorization: Bearer <token>` or `?token=`."""

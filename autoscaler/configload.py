@@ -155,15 +155,19 @@ def _apply_env(
     overrides: list[tuple[str, tuple[str, ...], str]] = [
         (name, key_path, env[name]) for name, key_path in NAMED_ENV.items() if name in env
     ]
-    for name, value in sorted(env.items()):
+    for name, given in sorted(env.items()):
         if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
             key_path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
-            overrides.append((name, key_path, value))
+            overrides.append((name, key_path, given))
     for name, key_path, raw in overrides:
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError:
-            value = raw
+        value: Any = raw
+        if name.startswith(ENV_PREFIX) and raw.strip():
+            # Generic overrides are YAML (numbers, booleans, lists); the named ones are plain
+            # strings, so STATUS_TOKEN=123456 stays a token and STATUS_TOKEN=null is not "off".
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                value = raw
         if not _set_path(data, key_path, value):
             dotted = ".".join(key_path)
             issues.append(

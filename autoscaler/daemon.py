@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from autoscaler.runtime import Runtime
 log = logging.getLogger(__name__)
 DECISIONS_KEPT = 50
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=5)
+REDIS_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,14 @@ class Daemon:
     ):
         self.config = config
         self.config_path = config_path
-        self._own_runtime = runtime is None
         self.runtime = runtime or make_runtime(config)
+        self.on_reload: Callable[[], None] | None = None
+        """Called after a config was reloaded (the service reschedules its jobs)."""
         self.holder = holder or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = Metrics()
         self.state = State(History(started_at=time.time()))
         self._pass_lock = asyncio.Lock()
+        self._lease_until = 0.0
         self._config_mtime = self._mtime()
         self.redis: aioredis.Redis
         self.http: aiohttp.ClientSession
@@ -97,7 +101,13 @@ class Daemon:
     # --- lifecycle --------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self.redis = aioredis.Redis.from_url(self.config.redis.url, decode_responses=True)
+        # Timeouts: an unanswering Redis fails a pass (which then holds) instead of hanging it.
+        self.redis = aioredis.Redis.from_url(
+            self.config.redis.url,
+            decode_responses=True,
+            socket_timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=REDIS_TIMEOUT,
+        )
         self.http = aiohttp.ClientSession(timeout=HTTP_TIMEOUT)
         self._wire()
 
@@ -106,7 +116,10 @@ class Daemon:
         keys = Keys(self.config.redis.key_prefix)
         self.keys = keys
         self.events = EventLog(self.redis, keys)
+        previous = getattr(self, "observer", None)
         self.observer = Observer(self.config, self.redis, self.runtime)
+        if previous is not None:  # a reload does not restart the wait for fresh heartbeats
+            self.observer.fresh_since = previous.fresh_since
         self.actor = Actor(
             self.config, self.runtime, self.redis, self.http, self.events, self.metrics
         )
@@ -162,8 +175,8 @@ class Daemon:
         events: list[Event] = []
         dry_run = self.config.policy.dry_run
         if leader:
-            events += await self.actor.execute(plan, fleet, dry_run, lambda: self.state.leader)
-            if not fleet.error:
+            events += await self.actor.execute(plan, fleet, dry_run, self.leading)
+            if not fleet.error and self.leading():
                 await self.front.update(fleet, dry_run)
                 if fleet.orphans and self.front.table is not None:
                     ring = self.front.table.ring()
@@ -181,12 +194,20 @@ class Daemon:
             if self.state.leader:
                 await self._lead()
 
+    def leading(self) -> bool:
+        """True while the lock is surely still ours: its TTL, counted from when it was asked
+        for, has not run out (minus a margin for clock drift between us and Redis)."""
+        margin = min(1.0, self.config.reconcile.leader_ttl / 5)
+        return time.monotonic() < self._lease_until - margin
+
     async def _lead(self) -> bool:
+        asked = time.monotonic()
         try:
             leader = await self.lock.acquire_or_renew()
-        except RedisError as exc:
+        except (RedisError, OSError) as exc:
             log.warning("leader lock unreadable: %s", exc)
             leader = False
+        self._lease_until = asked + self.config.reconcile.leader_ttl if leader else 0.0
         if leader != self.state.leader:
             log.info("%s leadership (%s)", "took" if leader else "lost", self.holder)
         self.state.leader = leader
@@ -239,6 +260,7 @@ class Daemon:
             return
         log.info("config reloaded from %s", self.config_path)
         self.config = new
-        if self._own_runtime:
-            self.runtime = make_runtime(new)
+        self.runtime.reconfigure(new)
         self._wire()
+        if self.on_reload is not None:
+            self.on_reload()

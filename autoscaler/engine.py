@@ -138,18 +138,24 @@ def decide(observed: Observed, policy: Policy, history: History, now: float) -> 
     taken = {shard_number(s.id) for s in observed.shards}
     grow = _grow(draining, desired - current, policy, taken)
     cancelled = {a.shard_id for a in grow if a.kind == ActionKind.CANCEL_DRAIN}
-    # While a dead shard is being brought back its sessions are in flight; shrinking now would
-    # move sessions twice, so recovery comes first.
-    shrink = [] if dead else _shrink(live, current - desired, policy)
+    # While a dead shard is being brought back (or its replacement, still starting, restores
+    # its sessions) those sessions are in flight; shrinking now would move them twice.
+    recovering = dead + [s for s in groups[ShardState.STARTING] if s.sessions > 0]
+    shrink = [] if recovering else _shrink(live, current - desired, policy)
+    # Replacements are bounded like starts: a whole fleet silent at once more likely means a
+    # problem on our side than that many crashes, and a bounded pace limits the damage.
+    replace = dead[: policy.scale_up.max_step]
     actions = [
-        *(Action(ActionKind.REPLACE, s.id, _dead_reason(s)) for s in dead),
+        *(Action(ActionKind.REPLACE, s.id, _dead_reason(s)) for s in replace),
         *grow,
         *shrink,
         *_finish_drains(draining, skip=cancelled),
     ]
     reasons = (*need.reasons, *bound_reasons, *stable_reasons, *_overdue(draining, policy, now))
-    if desired < current and dead:
-        reasons = (*reasons, "scale-down waits until dead shards are replaced")
+    if desired < current and recovering:
+        reasons = (*reasons, "scale-down waits until replaced shards have their sessions back")
+    if len(dead) > len(replace):
+        reasons = (*reasons, f"{len(dead) - len(replace)} more dead shard(s) replaced next pass")
     return Plan(desired, recommendation, current, tuple(actions), reasons)
 
 

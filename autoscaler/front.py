@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from autoscaler.config import Config
 from autoscaler.keys import Keys
@@ -97,12 +98,13 @@ class Front:
             self.debouncer.changed()  # each new change restarts the quiet period
         if time.monotonic() < self._retry_at or not self.debouncer.due():
             return
-        ok = await self._apply(table, force=moved)
+        ok = await self._apply(table, force=moved) and await self._publish(table)
         self.debouncer.applied()
         if ok:
             self.applied, self.error, self._applied_endpoints = table, "", where
-            await self._publish(table)
         else:
+            # Try the same table again after a pause: the failure may have been passing.
+            self._wanted_key = None
             self._retry_at = time.monotonic() + RETRY_AFTER_FAILURE
 
     async def _apply(self, table: RouteTable, force: bool) -> bool:
@@ -131,8 +133,13 @@ class Front:
         log.error("nginx not updated (the last good config keeps serving): %s", error)
         return False
 
-    async def _publish(self, table: RouteTable) -> None:
+    async def _publish(self, table: RouteTable) -> bool:
+        """Tell the shards the ring nginx now uses (for their own placement of new sessions)."""
         ring = table.ring()
         members = [{"id": shard, "addr": addr} for shard, addr in ring.members]
         payload = json.dumps({"version": ring.fingerprint, "shards": members})
-        await self.redis.set(self.keys.ring, payload)
+        try:
+            await self.redis.set(self.keys.ring, payload)
+        except RedisError as exc:
+            return self._failed(f"could not publish the ring: {exc}")
+        return True

@@ -41,7 +41,3 @@ class LeaderLock:
 
     async def release(self) -> None:
         await self._release(keys=[self.key], args=[self.holder])
-
-    async def current(self) -> str | None:
-        value = await self.redis.get(self.key)
-        return None if value is None else str(value)

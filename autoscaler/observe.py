@@ -72,10 +72,18 @@ class Fleet:
     pending: int = 0
     orphans: tuple[str, ...] = ()
     error: str = ""
+    fresh_since: float = 0.0
+    """Since when observations have been readable without a gap. Heartbeats that went missing
+    while Redis was unreachable prove nothing about the shards."""
 
 
 def classify(
-    instance: ShardInstance | None, beat: Beat | None, owned: int, now: float, config: Config
+    instance: ShardInstance | None,
+    beat: Beat | None,
+    owned: int,
+    now: float,
+    config: Config,
+    fresh_since: float = 0.0,
 ) -> ShardState | None:
     """The engine's view of one shard; None if it is not ours to manage. Purely computational.
 
@@ -95,6 +103,10 @@ def classify(
         return ShardState.DRAINING if beat.state == "draining" else ShardState.READY
     if now - instance.started_at <= config.shard.boot_timeout:
         return ShardState.STARTING
+    if now - fresh_since <= config.heartbeat.timeout:
+        # Redis was unreachable a moment ago: the shard had no chance to beat yet. Wait a
+        # whole timeout of readable data before calling a running shard dead.
+        return ShardState.STARTING
     return ShardState.DEAD
 
 
@@ -108,7 +120,7 @@ def to_observed(fleet: Fleet, config: Config) -> Observed:
     for shard_id in _known_ids(fleet):
         instance, beat = fleet.instances.get(shard_id), fleet.beats.get(shard_id)
         owned = fleet.owned.get(shard_id, 0)
-        state = classify(instance, beat, owned, fleet.now, config)
+        state = classify(instance, beat, owned, fleet.now, config, fleet.fresh_since)
         if state is not None:
             views.append(_view(shard_id, state, beat, owned, fleet.now))
     return Observed(tuple(views), max_sessions, limit, pending=fleet.pending)
@@ -138,19 +150,25 @@ class Observer:
         self.redis = client
         self.runtime = runtime
         self.keys = Keys(config.redis.key_prefix)
+        self.fresh_since: float | None = None
 
     async def observe(self) -> Fleet:
         now = time.time()
         try:
             instances = {i.shard_id: i for i in await self.runtime.list_shards()}
         except RuntimeFailure as exc:
+            self.fresh_since = None
             return Fleet(now, error=f"runtime unreadable: {exc}")
         try:
             beats, owners, owned = await self._registry()
             pending, orphans = await self._demand(now)
         except (RedisError, OSError, ValueError, KeyError) as exc:
+            self.fresh_since = None
             return Fleet(now, instances, error=f"redis unreadable: {exc}")
-        return Fleet(now, instances, beats, owners, owned, pending, orphans)
+        if self.fresh_since is None:
+            self.fresh_since = now
+        since = self.fresh_since
+        return Fleet(now, instances, beats, owners, owned, pending, orphans, fresh_since=since)
 
     async def _registry(self) -> tuple[dict[str, Beat], dict[str, str], dict[str, int]]:
         listed = await self.redis.zrange(self.keys.shards, 0, -1)

@@ -56,6 +56,10 @@ class Runtime(Protocol):
 
     async def inspect(self, shard_id: str) -> ShardInstance | None: ...
 
+    def reconfigure(self, config: Config) -> None:
+        """Use `config` for shards started from now on (a config reload)."""
+        ...
+
 
 def shard_env(config: Config, shard_id: str, addr: str, port: int) -> dict[str, str]:
     """The environment every shard gets, whatever runs it. Purely computational."""

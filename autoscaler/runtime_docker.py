@@ -68,6 +68,9 @@ class DockerRuntime:
         self.config = config
         self._client = client
 
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:

@@ -39,6 +39,10 @@ class LocalRuntime:
         self.config = config
         self.folder = Path(config.runtime.local.log_dir)
 
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self.folder = Path(config.runtime.local.log_dir)
+
     def port(self, shard_id: str) -> int:
         return self.config.runtime.local.base_port + shard_number(shard_id) - 1
 
@@ -49,12 +53,14 @@ class LocalRuntime:
         return f"{self.config.runtime.project}/{shard_id}"
 
     async def list_shards(self) -> list[ShardInstance]:
-        roots = shard_roots(self.config.runtime.project)
+        # Reading every process's environment takes a while: not on the event loop.
+        roots = await asyncio.to_thread(shard_roots, self.config.runtime.project)
         instances = [self._instance(shard_id, proc) for shard_id, proc in roots.items()]
         return by_number([i for i in instances if i is not None])
 
     async def inspect(self, shard_id: str) -> ShardInstance | None:
-        proc = shard_roots(self.config.runtime.project).get(shard_id)
+        roots = await asyncio.to_thread(shard_roots, self.config.runtime.project)
+        proc = roots.get(shard_id)
         return None if proc is None else self._instance(shard_id, proc)
 
     async def start(self, shard_id: str) -> ShardInstance:
@@ -93,14 +99,15 @@ class LocalRuntime:
 
     async def stop(self, shard_id: str, timeout: float) -> None:
         """SIGTERM the shard, wait up to `timeout`, then SIGKILL what is left of its tree."""
-        recorded = proctree.marked_tree(MARKER, self._marker(shard_id))
+        recorded = await asyncio.to_thread(proctree.marked_tree, MARKER, self._marker(shard_id))
         current = await self.inspect(shard_id)
         if current is not None:
             log.info("stopping local shard %s (%s)", shard_id, current.detail)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(current.detail.split()[1]), signal.SIGTERM)
             await self._wait_gone(shard_id, timeout)
-        proctree.kill(recorded + proctree.marked_tree(MARKER, self._marker(shard_id)))
+        left = await asyncio.to_thread(proctree.marked_tree, MARKER, self._marker(shard_id))
+        proctree.kill(recorded + left)
 
     async def _wait_gone(self, shard_id: str, timeout: float) -> None:
         for _ in range(max(1, int(timeout / 0.1))):

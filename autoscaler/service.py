@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -19,7 +20,6 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
-from redis.exceptions import RedisError
 
 from autoscaler.config import Config
 from autoscaler.daemon import Daemon
@@ -29,8 +29,29 @@ log = logging.getLogger(__name__)
 PASS_JOB = "reconcile"
 
 
-def schedule_jobs(scheduler: AsyncIOScheduler, daemon: Daemon) -> None:
+class Nudger:
+    """Runs the reconcile job now instead of at its next interval. A burst of nudges (every
+    refused create sends one) runs one pass, not one per message."""
+
+    SPACING = 0.5
+
+    def __init__(self, scheduler: AsyncIOScheduler):
+        self.scheduler = scheduler
+        self.last = 0.0
+
+    def __call__(self) -> None:
+        job = self.scheduler.get_job(PASS_JOB)
+        now = time.monotonic()
+        if job is not None and now - self.last >= self.SPACING:
+            self.last = now
+            job.modify(next_run_time=datetime.now(UTC))
+
+
+def schedule_jobs(scheduler: AsyncIOScheduler, daemon: Daemon, nudge: Nudger) -> None:
+    """The interval job and one job per schedule window; called again after a reload."""
     config = daemon.config
+    for job in scheduler.get_jobs():
+        job.remove()
     scheduler.add_job(
         daemon.reconcile,
         "interval",
@@ -42,27 +63,22 @@ def schedule_jobs(scheduler: AsyncIOScheduler, daemon: Daemon) -> None:
     )
     for window in config.policy.schedules:
         trigger = CronTrigger.from_crontab(window.cron, timezone=ZoneInfo(window.timezone))
-        scheduler.add_job(nudge, trigger, args=[scheduler], id=f"schedule:{window.name}")
+        scheduler.add_job(nudge, trigger, id=f"schedule:{window.name}")
 
 
-def nudge(scheduler: AsyncIOScheduler) -> None:
-    """Run the reconcile job now instead of at its next interval."""
-    job = scheduler.get_job(PASS_JOB)
-    if job is not None:
-        job.modify(next_run_time=datetime.now(UTC))
-
-
-async def listen_for_nudges(daemon: Daemon, scheduler: AsyncIOScheduler) -> None:
-    """A shard that became full publishes on the nudge channel; react before the interval."""
+async def listen_for_nudges(daemon: Daemon, nudge: Nudger) -> None:
+    """A shard that became full (or just started) publishes on the nudge channel."""
     while True:
         try:
             async with daemon.redis.pubsub() as pubsub:
                 await pubsub.subscribe(daemon.keys.nudge)
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
-                        log.info("nudged by %s", message.get("data"))
-                        nudge(scheduler)
-        except (RedisError, OSError) as exc:
+                        log.debug("nudged by %s", message.get("data"))
+                        nudge()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # this listener must outlive any single failure
             log.warning("nudge channel lost (%s); resubscribing in 5 s", exc)
             await asyncio.sleep(5)
 
@@ -84,10 +100,12 @@ async def serve(config: Config, config_path: Path | None) -> int:
         " (dry run)" if config.policy.dry_run else "",
     )
     scheduler = AsyncIOScheduler(timezone=UTC)
-    schedule_jobs(scheduler, daemon)
+    nudge = Nudger(scheduler)
+    schedule_jobs(scheduler, daemon, nudge)
+    daemon.on_reload = lambda: schedule_jobs(scheduler, daemon, nudge)
     scheduler.start()
     tasks = [
-        asyncio.create_task(listen_for_nudges(daemon, scheduler), name="nudges"),
+        asyncio.create_task(listen_for_nudges(daemon, nudge), name="nudges"),
         asyncio.create_task(daemon.renew_forever(), name="leader renewal"),
     ]
     stop = asyncio.Event()
@@ -97,7 +115,7 @@ async def serve(config: Config, config_path: Path | None) -> int:
 
     def on_hup() -> None:
         daemon.request_reload()
-        nudge(scheduler)
+        nudge()
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
@@ -105,7 +123,7 @@ async def serve(config: Config, config_path: Path | None) -> int:
     scheduler.shutdown(wait=False)
     for task in tasks:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(BaseException):
             await task
     await daemon.wait_idle()
     await runner.cleanup()

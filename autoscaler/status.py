@@ -7,6 +7,7 @@ scaling work, so the page stays responsive whatever the fleet is doing.
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from autoscaler.daemon import Daemon, Decision
 from autoscaler.ids import InvalidSessionId, check_session_id
 from autoscaler.model import ShardState
 
+log = logging.getLogger(__name__)
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent),
@@ -30,7 +32,7 @@ _OPEN = {"/healthz"}
 
 
 def init_app(daemon: Daemon) -> web.Application:
-    app = web.Application(middlewares=[_token])
+    app = web.Application(middlewares=[_json_errors, _token])
     app[DAEMON] = daemon
     app.add_routes(
         [
@@ -42,6 +44,21 @@ def init_app(daemon: Daemon) -> web.Application:
         ]
     )
     return app
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own errors (404, 405) and crashes as JSON, like every other error here."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.json_response({"error": exc.reason, "status": exc.status}, status=exc.status)
+    except Exception:
+        log.exception("status request %s failed", request.path)
+        return web.json_response({"error": "internal error", "status": 500}, status=500)
 
 
 @web.middleware
@@ -120,6 +137,12 @@ def _shards(daemon: Daemon) -> list[dict[str, Any]]:
                 else round(view.heartbeat_age, 1),
                 "addr": beat.addr if beat else (instance.addr if instance else None),
                 "runtime": instance.detail if instance else "missing",
+                # Started with other shard settings than the running config (until replaced).
+                "outdated": bool(
+                    instance
+                    and instance.config_hash
+                    and instance.config_hash != daemon.config.fingerprint()
+                ),
             }
         )
     return rows

@@ -64,6 +64,9 @@ class ListOnlyRuntime:
     async def signal(self, shard_id: str, signum: int) -> None:
         raise RuntimeError("list-only runtime")
 
+    def reconfigure(self, config: Config) -> None:
+        pass
+
 
 def seed(client: redis.Redis, runtime: ListOnlyRuntime, per_shard: int) -> None:
     client.flushall()

@@ -53,8 +53,8 @@ import redis  # noqa: E402
 from shard.browser import CHROMIUM_ARGS  # noqa: E402
 from support.procs import free_port, port_open, require_binary, start, stop, wait_for  # noqa: E402
 from support.shards import TAG, Api, ShardFleet, ShardProc, scan, site_state  # noqa: E402
-from support.shards import tagged_processes as tagged  # noqa: E402
 
+from autoscaler import proctree  # noqa: E402
 from autoscaler.keys import Keys  # noqa: E402
 
 SHARD_ID = "shard-1"
@@ -85,26 +85,8 @@ def _stat(pid: int) -> list[str] | None:
 
 
 def process_tree(tag: str) -> dict[int, int]:
-    """pid -> start time of every process with TAG=tag in its environment, and all below them.
-
-    The tag alone is not enough: Chromium's zygotes, renderers, GPU and utility processes
-    overwrite their environment block with their process title, so their /proc/<pid>/environ
-    no longer shows the inherited tag. They all run below the (tagged) browser process.
-    """
-    children: dict[int, list[int]] = {}
-    starts: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (fields := _stat(int(entry))) and fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(entry))
-            starts[int(entry)] = int(fields[19])
-    found: set[int] = set()
-    todo = list(tagged(tag))
-    while todo:
-        pid = todo.pop()
-        if pid not in found and pid in starts:
-            found.add(pid)
-            todo.extend(children.get(pid, []))
-    return {pid: starts[pid] for pid in found}
+    """pid -> start time of the shard tagged `tag` and every process below it (proctree.py)."""
+    return {p.pid: p.start for p in proctree.marked_tree(TAG, tag)}
 
 
 def still_alive(procs: dict[int, int]) -> list[int]:

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from playwright.async_api import Error as PlaywrightError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
 
 from autoscaler.ids import InvalidSessionId, check_session_id
 from shard.drivers import MAX_TEXT, DriverError, Unsupported
@@ -62,6 +64,13 @@ async def bad_requests(request: web.Request, handler: Handler) -> web.StreamResp
         return json_error(501, str(exc))
     except DriverError as exc:
         return json_error(409, str(exc))
+    except PlaywrightError as exc:  # the page changed under us (a QR rotated, a navigation)
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return json_error(409, f"the page did not cooperate: {message}; retry")
+    except OwnedElsewhere as exc:  # a shard came back to life meanwhile
+        return json_error(503, f"session is owned by {exc.owner} now; retry", retry_after=1)
+    except RedisError as exc:
+        return json_error(503, f"the session registry is unreachable: {exc}", retry_after=2)
 
 
 @web.middleware
@@ -284,7 +293,7 @@ def _spec_body(spec: SessionSpec) -> dict[str, Any]:
 async def start_here(request: web.Request, sid: str, spec: SessionSpec) -> web.StreamResponse:
     shard = request.app[SHARD]
     try:
-        session = await shard.manager.start(sid, spec)
+        session, created = await shard.manager.start(sid, spec)
     except Draining:
         return json_error(503, "this shard is draining", retry_after=1)
     except Full:
@@ -293,7 +302,7 @@ async def start_here(request: web.Request, sid: str, spec: SessionSpec) -> web.S
         if FORWARDED_BY in request.headers:
             return json_error(503, f"session {sid!r} is moving; retry", retry_after=1)
         return await shard.router.forward(request, exc.owner, await request.read())
-    return web.json_response(live_view(shard, session), status=201)
+    return web.json_response(live_view(shard, session), status=201 if created else 200)
 
 
 async def refuse(shard: Shard, sid: str) -> web.Response:

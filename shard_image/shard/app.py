@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 MAX_BODY = 1024 * 1024
 """Largest request body the shard reads; bigger ones get 413 with a JSON body."""
 FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=150, connect=5)
+REDIS_TIMEOUT = 5.0
 
 
 def init_app(settings: ShardSettings) -> web.Application:
@@ -43,7 +44,11 @@ def init_app(settings: ShardSettings) -> web.Application:
 
 def _resources(settings: ShardSettings):  # type: ignore[no-untyped-def]
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(settings.redis_url)
+        # Timeouts: a Redis that stops answering must fail calls, not hang them (the lease
+        # check runs after each heartbeat attempt).
+        client = aioredis.Redis.from_url(
+            settings.redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+        )
         registry = Registry(
             client, Keys(settings.key_prefix), settings.shard_id, settings.max_sessions
         )
@@ -59,15 +64,13 @@ def _resources(settings: ShardSettings):  # type: ignore[no-untyped-def]
         with contextlib.suppress(RedisError):
             await registry.nudge()
         heartbeat = asyncio.create_task(shard.heartbeat_forever(), name="heartbeat")
-        restore = asyncio.create_task(shard.manager.restore_owned(), name="restore")
         log.info("shard %s serving on %s", settings.shard_id, settings.public_addr)
         try:
             yield
         finally:
-            for task in (restore, heartbeat):
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            heartbeat.cancel()
+            with contextlib.suppress(BaseException):
+                await heartbeat
             await shard.manager.close_all()
             await browser.stop()
             await http.close()

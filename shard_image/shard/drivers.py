@@ -108,16 +108,17 @@ class WhatsAppDriver(WebDriver):
     name: str = "whatsapp"
 
     async def send_text(self, page: Page, to: str, text: str) -> str:
-        if not _PHONE.match(to):
+        if not _PHONE.fullmatch(to):
             raise DriverError("`to` must be a phone number: 5-20 digits, optional leading +")
         if await self.state(page) != PageState.READY:
             raise DriverError("session is not logged in")
-        before = await page.locator(self.selectors.message).count()
         target = f"{self.url}/send?phone={quote(to.lstrip('+'))}&text={quote(text)}"
-        await page.goto(target, wait_until="domcontentloaded")
         try:
+            await page.goto(target, wait_until="domcontentloaded")
             compose = page.locator(self.selectors.compose)
             await compose.wait_for(timeout=30_000)
+            # Counted in the chat just opened, which may already show earlier messages.
+            before = await page.locator(self.selectors.message).count()
             await compose.press("Enter")
             bubble = page.locator(self.selectors.message).nth(before)
             await bubble.wait_for(timeout=30_000)

@@ -97,6 +97,23 @@ return 1
 """
 
 
+# ARGV: prefix, session, shard, now. Stop a session no live shard runs: out of its (dead or our
+# own) owner's set, so it holds no slot and keeps no shard from being emptied. Returns 0 if a
+# live shard other than us owns it.
+_MARK_STOPPED = """
+local p, sid, me, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local skey = p .. 'session:' .. sid
+local owner = redis.call('HGET', skey, 'owner') or ''
+if owner ~= '' and owner ~= me and redis.call('EXISTS', p .. 'shard:' .. owner) == 1 then
+  return 0
+end
+if owner ~= '' then redis.call('SREM', p .. 'shard:' .. owner .. ':sessions', sid) end
+redis.call('HSET', skey, 'owner', '', 'status', 'STOPPED', 'desired', 'stopped', 'updated_at', now)
+redis.call('SREM', p .. 'orphans', sid)
+return 1
+"""
+
+
 class Full(Exception):
     """This shard already holds its capacity of sessions."""
 
@@ -142,6 +159,7 @@ class Registry:
         self._save = client.register_script(_SAVE_SNAPSHOT)
         self._release = client.register_script(_RELEASE)
         self._forget = client.register_script(_FORGET)
+        self._mark_stopped = client.register_script(_MARK_STOPPED)
 
     def _args(self, session_id: str, *rest: object) -> list[Any]:
         return [self.keys.prefix, session_id, self.shard_id, *rest]
@@ -179,14 +197,11 @@ class Registry:
         return bool(await self._forget(args=self._args(session_id, token)))
 
     async def mark_stopped(self, session_id: str) -> None:
-        """A session no shard runs should not be restored (stop while unowned)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                self.keys.session(session_id),
-                mapping={"status": "STOPPED", "desired": "stopped", "updated_at": time.time()},
-            )
-            pipe.srem(self.keys.orphans, session_id)
-            await pipe.execute()
+        """Stop a session no live shard runs. Raises OwnedElsewhere if one does after all."""
+        args = self._args(session_id, repr(time.time()))
+        if not await self._mark_stopped(args=args):
+            owner = (await self.record(session_id)).get("owner", "")
+            raise OwnedElsewhere(owner)
 
     async def record(self, session_id: str) -> dict[str, str]:
         raw = await self.redis.hgetall(self.keys.session(session_id))

@@ -2,7 +2,7 @@
 
 Each live session holds the fencing token it claimed with; every write to Redis carries it, and a
 refused write means another shard took the session over, so this copy closes at once. That, plus
-the lease check in `app.py`, is what keeps a session live on at most one shard.
+the lease check in `state.py`, is what keeps a session live on at most one shard.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import time
+import weakref
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 from playwright.async_api import BrowserContext, Page
+from redis.exceptions import RedisError
 
 from shard.browser import BrowserHost
 from shard.drivers import Driver, DriverError, PageState, make_driver
@@ -28,6 +30,9 @@ from shard.settings import ShardSettings
 
 log = logging.getLogger(__name__)
 WATCH_INTERVAL = 1.0
+PROBE_FAILURES = 30
+"""Consecutive failed page probes (one per WATCH_INTERVAL) after which the session FAILS: a
+navigation takes a few, an invalid selector fails every one."""
 
 
 class Status(StrEnum):
@@ -109,6 +114,12 @@ class SessionManager:
         self.sessions: dict[str, LiveSession] = {}
         self.draining_since: float | None = None
         self._opening = asyncio.Semaphore(settings.restore_concurrency)
+        self._starting: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        """Per-id start locks; an entry lives only while someone holds or waits for it."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        """Fire-and-forget tasks (reopens), kept referenced until they finish."""
 
     # --- creating and restoring -------------------------------------------------------------
 
@@ -123,45 +134,59 @@ class SessionManager:
 
     async def start(
         self, sid: str, spec: SessionSpec | None, *, reclaim: bool = False
-    ) -> LiveSession:
+    ) -> tuple[LiveSession, bool]:
         """Claim `sid` for this shard and open it (restoring its snapshot if one exists).
 
+        Returns the session and whether this call started it (False: it was running already).
         Raises Draining, registry.Full, registry.OwnedElsewhere or DriverError.
         """
-        if sid in self.sessions:
-            return self.sessions[sid]
-        if self.draining_since is not None:
-            raise Draining()
-        token = await self.registry.claim(sid, reclaim=reclaim)
-        if spec is None:
-            spec = SessionSpec.from_record(await self.registry.record(sid))
-        session = LiveSession(sid, token, spec, self.build(spec))
-        self.sessions[sid] = session
-        await self.registry.update(
-            sid,
-            token,
-            {**spec.fields(), "status": Status.STARTING, "desired": "running", "error": ""},
-        )
+        # One start per id at a time: two concurrent creates (a client retry, a forwarded
+        # request) must not open two browser contexts for one session.
+        lock = self._starting.setdefault(sid, asyncio.Lock())
+        async with lock:
+            if sid in self.sessions:
+                return self.sessions[sid], False
+            if self.draining_since is not None:
+                raise Draining()
+            token = await self.registry.claim(sid, reclaim=reclaim)
+            if spec is None:
+                spec = SessionSpec.from_record(await self.registry.record(sid))
+            session = LiveSession(sid, token, spec, self.build(spec))
+            self.sessions[sid] = session
+        fields = {**spec.fields(), "status": Status.STARTING, "desired": "running", "error": ""}
+        await self.registry.update(sid, token, fields)
         session.watcher = asyncio.create_task(self._run(session), name=f"session {sid}")
         self.metrics.created.inc()
-        return session
+        return session, True
 
     async def restore_owned(self) -> int:
         """Reopen every session Redis says this shard owns (after a restart under the same id)."""
         owned = sorted(await self.registry.owned())
         started = 0
         for sid in owned:
-            record = await self.registry.record(sid)
-            if record.get("desired", "running") != "running" or sid in self.sessions:
+            if sid in self.sessions:
                 continue
             try:
-                await self.start(sid, None, reclaim=True)
-                started += 1
+                started += await self._restore_one(sid)
+            except RedisError:
+                raise  # the caller retries the whole restore once Redis answers
             except Exception as exc:  # one bad session must not stop the others coming back
                 log.warning("could not restore %s: %s", sid, exc)
         if owned:
             log.info("restoring %d of %d owned session(s)", started, len(owned))
         return started
+
+    async def _restore_one(self, sid: str) -> int:
+        record = await self.registry.record(sid)
+        if record.get("desired", "running") != "running" or self.draining_since is not None:
+            # Not to be run here: give it up, so it neither blocks a slot nor hides from the
+            # autoscaler (a session that should run becomes an orphan to place elsewhere).
+            running = record.get("desired", "running") == "running"
+            token = int(record.get("token", 0))
+            await self.registry.release(sid, token, keep_running=running)
+            return 0
+        await self.start(sid, None, reclaim=True)
+        return 1
 
     async def _run(self, session: LiveSession) -> None:
         """Open the session's browser context, then watch its page until it closes."""
@@ -198,27 +223,40 @@ class SessionManager:
             return None
 
     async def _watch(self, session: LiveSession) -> None:
+        failures = 0
         while session.page is not None and not session.page.is_closed():
             try:
                 page_state = await session.driver.state(session.page)
+                failures = 0
             except Exception as exc:  # navigation in progress; try again next tick
+                failures += 1
                 log.debug("state probe of %s failed: %s", session.id, exc)
+                if failures >= PROBE_FAILURES:  # not navigation: e.g. an invalid selector
+                    raise DriverError(f"the page cannot be read: {exc}") from exc
                 page_state = PageState.LOADING
-            status = _STATUS_OF.get(page_state, session.status)
-            # A login is snapshotted before it is reported WORKING: whoever sees WORKING can
-            # rely on the session surviving a crash without a new scan.
-            if status == Status.WORKING and self._snapshot_due(session):
-                try:
-                    saved = await self.snapshot(session)
-                except Exception as exc:  # the page was busy; the next tick tries again
-                    log.info("snapshot of %s failed, retrying: %s", session.id, exc)
-                    await asyncio.sleep(WATCH_INTERVAL)
-                    continue
-                if not saved:
+            try:
+                if not await self._step(session, _STATUS_OF.get(page_state, session.status)):
                     return
-            if status != session.status and not await self._set_status(session, status):
-                return
+            except RedisError as exc:  # Redis away for a moment: the next tick tries again
+                log.warning("session %s: registry unreachable: %s", session.id, exc)
             await asyncio.sleep(WATCH_INTERVAL)
+
+    async def _step(self, session: LiveSession, status: Status) -> bool:
+        """Act on the page's state; False once the session is no longer ours."""
+        # A login is snapshotted before it is reported WORKING: whoever sees WORKING can rely
+        # on the session surviving a crash without a new scan.
+        if status == Status.WORKING and self._snapshot_due(session):
+            try:
+                if not await self.snapshot(session):
+                    return False
+            except RedisError:
+                raise
+            except Exception as exc:  # the page was busy; the next tick tries again
+                log.info("snapshot of %s failed, retrying: %s", session.id, exc)
+                return True
+        if status != session.status:
+            return await self._set_status(session, status)
+        return True
 
     def _snapshot_due(self, session: LiveSession) -> bool:
         return time.time() - session.snapshot_at >= self.settings.snapshot_interval
@@ -229,12 +267,14 @@ class SessionManager:
         fields = {"status": status.value, "error": error}
         if await self.registry.update(session.id, session.token, fields):
             return True
-        await self.lost(session.id)
+        await self.lost(session)
         return False
 
     def _reopen_later(self, session: LiveSession, why: str) -> None:
         log.warning("session %s: %s; reopening from its snapshot", session.id, why)
-        asyncio.get_running_loop().create_task(self.reopen(session.id))
+        task = asyncio.get_running_loop().create_task(self.reopen(session.id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def reopen(self, sid: str) -> None:
         """Close and reopen one session's context in place (same token), e.g. after a crash."""
@@ -242,6 +282,8 @@ class SessionManager:
         if session is None:
             return
         async with session.lock:
+            if self.sessions.get(sid) is not session:
+                return  # stopped, handed off or lost while we waited: nothing to reopen
             await self._close(session)
             session.status = Status.STARTING
             session.watcher = asyncio.create_task(self._run(session), name=f"session {sid}")
@@ -267,7 +309,7 @@ class SessionManager:
         blob = zlib.compress(json.dumps(state, separators=(",", ":")).encode(), 6)
         saved = await self.registry.save_snapshot(session.id, session.token, blob)
         if not saved:
-            await self.lost(session.id)
+            await self.lost(session)
             return False
         session.snapshot_at = time.time()
         self.metrics.snapshot_seconds.observe(time.monotonic() - started)
@@ -307,7 +349,7 @@ class SessionManager:
             session.status = Status.STOPPED
             await self.registry.update(sid, session.token, {"status": Status.STOPPED})
             await self.registry.release(sid, session.token, keep_running=False)
-        self.sessions.pop(sid, None)
+        self._forget_local(session)
         return session
 
     async def delete(self, sid: str) -> None:
@@ -319,30 +361,36 @@ class SessionManager:
                     await asyncio.wait_for(session.driver.logout(session.page), 15)
             await self._close(session)
             await self.registry.forget(sid, session.token)
-        self.sessions.pop(sid, None)
+        self._forget_local(session)
 
     async def hand_off(self, sid: str, migrate: Callable[[str], Awaitable[bool]]) -> bool:
         """Snapshot, close and release a session so another shard can restore it (drain)."""
         session = self.sessions.get(sid)
         if session is None:
             return True
-        async with session.lock:
-            if session.status == Status.WORKING:
-                await self.snapshot(session)
-            await self._close(session)
-            released = await self.registry.release(sid, session.token, keep_running=True)
-        self.sessions.pop(sid, None)
+        try:
+            async with session.lock:
+                if session.status == Status.WORKING:
+                    await self.snapshot(session)
+                await self._close(session)
+                released = await self.registry.release(sid, session.token, keep_running=True)
+        finally:
+            self._forget_local(session)
         return released and await migrate(sid)
 
-    async def lost(self, sid: str) -> None:
-        """Another shard owns this session now: close our copy without touching Redis."""
-        session = self.sessions.pop(sid, None)
-        if session is not None:
-            log.warning(
-                "session %s: ownership lost (token %d); closing local copy", sid, session.token
-            )
-            self.metrics.lost.inc()
-            await self._close(session)
+    async def lost(self, session: LiveSession) -> None:
+        """Another shard owns this session now: close this copy without touching Redis."""
+        log.warning(
+            "session %s: ownership lost (token %d); closing local copy", session.id, session.token
+        )
+        self._forget_local(session)
+        self.metrics.lost.inc()
+        await self._close(session)
+
+    def _forget_local(self, session: LiveSession) -> None:
+        """Drop `session` from the local table, unless a newer copy has taken its place."""
+        if self.sessions.get(session.id) is session:
+            del self.sessions[session.id]
 
     async def check_ownership(self) -> None:
         """Close every local session whose owner or token in Redis is no longer ours."""
@@ -352,14 +400,14 @@ class SessionManager:
         for sid, (owner, token) in rows.items():
             session = self.sessions.get(sid)
             if session is not None and (owner, token) != (self.settings.shard_id, session.token):
-                await self.lost(sid)
+                await self.lost(session)
 
     async def release_all(self) -> None:
         """Shutdown ran out of time: release what is left (its last snapshot will be used)."""
         for sid, session in list(self.sessions.items()):
             await self._close(session)
             await self.registry.release(sid, session.token, keep_running=True)
-            self.sessions.pop(sid, None)
+            self._forget_local(session)
 
     async def close_all(self) -> None:
         """Close every context without touching Redis (lease lost, or final shutdown)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from autoscaler.config import Config
-from autoscaler.configload import load_config
+from autoscaler.configload import ConfigError, load_config
 from autoscaler.model import shard_number
 
 T = TypeVar("T")
@@ -120,7 +120,7 @@ def _shared_config(env: Mapping[str, str], errors: list[str]) -> Config:
         return Config()
     try:
         return load_config(path, env={})
-    except ValueError as exc:
+    except (ValueError, ConfigError) as exc:
         errors.append(f"CHATSCALE_CONFIG={path!r}: {exc}")
         return Config()
 

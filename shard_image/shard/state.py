@@ -50,6 +50,9 @@ class Shard:
         self.memory = MemoryUse(0, 0, "unknown")
         self.fenced = False
         """True while the lease is lost and every session has been closed."""
+        self.restored = False
+        """True once the sessions Redis says are ours have been reopened."""
+        self._drain_stopping = False
         self._last_beat = time.monotonic()
         self._drain: asyncio.Task[None] | None = None
         self._reported_full = False
@@ -81,25 +84,30 @@ class Shard:
             await asyncio.sleep(self.settings.heartbeat_interval)
 
     async def beat_once(self) -> None:
+        """One heartbeat, then the lease check, whatever the heartbeat's outcome."""
+        sent = time.monotonic()
         try:
-            if time.monotonic() - self._measured_at >= MEMORY_SAMPLE_SECONDS:
+            if sent - self._measured_at >= MEMORY_SAMPLE_SECONDS:
                 self.memory = await asyncio.to_thread(measure)
                 self._measured_at = time.monotonic()
-            await self.registry.beat(self._fields(), ttl=self.settings.heartbeat_timeout)
-        except (RedisError, OSError) as exc:
+            # Bounded: a Redis that stops answering must not stall the lease check below.
+            beat = self.registry.beat(self._fields(), ttl=self.settings.heartbeat_timeout)
+            await asyncio.wait_for(beat, self.settings.heartbeat_interval)
+        except (RedisError, OSError, TimeoutError) as exc:
             self.metrics.heartbeat_failures.inc()
-            log.warning("heartbeat failed: %s", exc)
-            await self._check_lease()
-            return
-        self._last_beat = time.monotonic()
-        await self._after_beat()
+            log.warning("heartbeat failed: %s", exc or type(exc).__name__)
+        else:
+            self._last_beat = sent  # the lease runs from when the renewal was sent
+            await self._after_beat()
+        await self._check_lease()
 
     async def _after_beat(self) -> None:
         try:
-            if self.fenced:
-                self.fenced = False
-                log.info("lease renewed; restoring sessions still owned by this shard")
+            if not self.restored:
+                # At start, and after the lease was lost: reopen what is still ours. Retried
+                # on every heartbeat until it succeeds.
                 await self.manager.restore_owned()
+                self.restored, self.fenced = True, False
             await self.manager.check_ownership()
             full = self.state == "full"
             if full and not self._reported_full:
@@ -112,9 +120,9 @@ class Shard:
         """Close every session before the lease can expire (one interval of margin)."""
         silent = time.monotonic() - self._last_beat
         limit = self.settings.heartbeat_timeout - self.settings.heartbeat_interval
-        if silent >= limit and not self.fenced and self.manager.sessions:
+        if silent >= limit and not self.fenced:
             log.error("no heartbeat for %.0f s: lease may lapse; closing all sessions", silent)
-            self.fenced = True
+            self.fenced, self.restored = True, False
             await self.manager.close_all()
 
     def _fields(self) -> dict[str, str | int | float]:
@@ -153,17 +161,25 @@ class Shard:
             self._drain = asyncio.create_task(self.drain(), name="drain")
 
     async def cancel_drain(self) -> None:
+        """Stop draining after the hand-off in progress (never halfway through one)."""
         if self._drain is not None:
-            self._drain.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            self._drain_stopping = True
+            with contextlib.suppress(Exception):
                 await self._drain
+            self._drain_stopping = False
         self.manager.draining_since = None
         await self.beat_once()
 
     async def drain(self) -> None:
         await self.beat_once()  # tell everyone at once that no new sessions should come here
         for sid in sorted(self.manager.sessions):
-            moved = await self.manager.hand_off(sid, self.migrate)
+            if self._drain_stopping:
+                break
+            try:
+                moved = await self.manager.hand_off(sid, self.migrate)
+            except Exception as exc:  # one session failing must not stop the drain
+                log.warning("drain: %s could not be handed off: %s", sid, exc)
+                continue
             log.info("drain: %s %s", sid, "moved" if moved else "released (orphan)")
         await self.beat_once()
 
@@ -188,8 +204,9 @@ class Shard:
         except TimeoutError:
             log.warning("drain did not finish in %.0f s; releasing the rest", grace)
             self._drain.cancel()
+        with contextlib.suppress(RedisError, OSError):
             await self.manager.release_all()
-        with contextlib.suppress(RedisError):
+        with contextlib.suppress(RedisError, OSError):
             await self.registry.withdraw()
 
 

@@ -211,3 +211,41 @@ async def test_failed_starts_are_reported_and_retried(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_heartbeats_lost_during_a_redis_outage_do_not_replace_the_fleet(
+    runtime: MemoryRuntime, daemons: list[Daemon], aredis: aioredis.Redis, redis_url: str
+) -> None:
+    """Redis away for longer than the heartbeat timeout: every heartbeat key expired meanwhile.
+    When Redis answers again the shards get a whole timeout to beat before any is called dead."""
+    config = make_config(redis_url, min_shards=3)
+    # Past their boot grace by the time Redis is back: only the fresh-data rule protects them.
+    config = config.model_copy(
+        update={"shard": config.shard.model_copy(update={"boot_timeout": 1})}
+    )
+    daemon = await open_daemon(daemons, config, runtime)
+
+    async def beating() -> bool:
+        return (
+            all([await aredis.exists(KEYS.shard(s)) for s in runtime.running()])
+            and len(runtime.running()) == 3
+        )
+
+    await converge(daemon, beating, what="3 beating shards")
+    real_redis = daemon.observer.redis
+    daemon.observer.redis = aioredis.Redis.from_url("redis://127.0.0.1:1/0")  # unreachable
+    for entry in runtime.shards.values():
+        entry.shard.paused = True  # the shards cannot reach Redis either
+    for _ in range(8):  # 1.6 s > heartbeat timeout (1 s): every heartbeat key expires
+        decision = await daemon.reconcile()
+        assert decision is not None and decision.plan.held
+        await asyncio.sleep(0.2)
+    assert not [s for s in runtime.running() if await aredis.exists(KEYS.shard(s))]
+    await daemon.observer.redis.aclose()
+    daemon.observer.redis = real_redis
+    decision = await daemon.reconcile()  # data fresh again, heartbeats still missing
+    assert decision is not None and not decision.plan.actions, decision.plan
+    for entry in runtime.shards.values():
+        entry.shard.paused = False
+    await converge(daemon, beating, what="the same 3 shards beating again")
+    assert sorted(runtime.starts) == ["shard-1", "shard-2", "shard-3"], "nothing was replaced"

@@ -165,5 +165,7 @@ async def test_compose_end_to_end(compose: Compose, artifacts_dir: Path) -> None
     compose.down()
     left = [c.name for c in client.containers.list(all=True) if c.name.startswith("chatscale-")]
     assert left == [], f"docker-compose down left containers: {left}"
-    assert not client.networks.list(names=["chatscale"]), "the chatscale network is left"
+    # (Docker's name filter matches prefixes too: compare names exactly.)
+    networks = [n.name for n in client.networks.list() if n.name == "chatscale"]
+    assert networks == [], "the chatscale network is left"
     client.close()

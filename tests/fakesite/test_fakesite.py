@@ -20,22 +20,15 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from shard.browser import CHROMIUM_ARGS
+from shard.settings import DEBIAN_CHROMIUM
 from support.procs import free_port, port_open, stop, wait_for
 
 from fakesite import BANNER, create_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+CHROMIUM = Path(DEBIAN_CHROMIUM)
 TESTS_DIR = Path(__file__).resolve().parents[1]
 QR = "div[data-ref]"
 QR_CANVAS = 'canvas[aria-label="Scan me!"]'
@@ -109,7 +102,7 @@ def chromium_path() -> str:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser(chromium_path: str) -> AsyncIterator[Browser]:
     async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        chromium = await pw.chromium.launch(executable_path=chromium_path, args=list(CHROMIUM_ARGS))
         yield chromium
         await chromium.close()
 

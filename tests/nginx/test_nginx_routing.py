@@ -122,7 +122,7 @@ async def test_nginx_errors_are_json(front: Front, upstreams: Upstreams, free_ad
     ):
         assert resp.status == 502
         assert resp.content_type == "application/json"
-        assert await resp.json() == {"error": "shard unreachable"}
+        assert await resp.json() == {"error": "shard unreachable", "status": 502}
     status, body = await raw_request(front, "POST /api/sessions/alice HTTP/1.1", 10**9)
     assert status == 413
     assert "larger than" in json.loads(body)["error"]
@@ -134,7 +134,7 @@ async def test_no_shard_answers_503_json(front: Front, upstreams: Upstreams) -> 
             async with http.get(front.url + path) as resp:
                 assert resp.status == 503
                 assert resp.headers["Retry-After"] == "5"
-                assert await resp.json() == {"error": "no shard is available"}
+                assert await resp.json() == {"error": "no shard is available", "status": 503}
         async with http.get(f"{front.url}/__chatscale/config") as resp:
             assert resp.status == 200
             assert (await resp.json())["shards"] == 0

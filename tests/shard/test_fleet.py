@@ -92,6 +92,18 @@ async def test_racing_creates_end_with_one_owner(
         assert listed.count(sid) == 1, "one browser context per session across the fleet"
 
 
+async def test_concurrent_creates_of_one_id_open_one_session(
+    fleet: ShardFleet, http: aiohttp.ClientSession
+) -> None:
+    shard = fleet.start("shard-1")
+    api = Api(http, shard.url)
+    results = await asyncio.gather(*(api.call("PUT", "/api/sessions/twin", {}) for _ in range(6)))
+    assert {code for code, _, _ in results} <= {200, 201}
+    assert sum(1 for code, _, _ in results if code == 201) == 1
+    _, text, _ = await api.call("GET", "/metrics")
+    assert b"chatscale_shard_sessions_started_total 1.0" in text, "one browser context, not six"
+
+
 async def test_requests_reach_the_owner_through_any_shard(
     fleet: ShardFleet, http: aiohttp.ClientSession, redis_url: str
 ) -> None:

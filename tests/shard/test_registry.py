@@ -150,3 +150,21 @@ async def test_pending_demand_is_cleared_by_a_claim(raw: aioredis.Redis) -> None
     assert await raw.zcard(KEYS.pending) == 1
     await a.claim("s9")
     assert await raw.zcard(KEYS.pending) == 0
+
+
+async def test_stopping_a_session_of_a_dead_shard_frees_its_slot(raw: aioredis.Redis) -> None:
+    a, b = registry(raw, "shard-1"), registry(raw, "shard-2")
+    await a.claim("s1")  # shard-1 has no heartbeat: it is dead
+    await b.mark_stopped("s1")
+    record = await b.record("s1")
+    assert (record["owner"], record["status"], record["desired"]) == ("", "STOPPED", "stopped")
+    assert await a.owned() == set(), "a dead shard's set must not keep a stopped session"
+
+
+async def test_stopping_a_session_a_live_shard_owns_is_refused(raw: aioredis.Redis) -> None:
+    a, b = registry(raw, "shard-1"), registry(raw, "shard-2")
+    await alive(a)
+    await a.claim("s1")
+    with pytest.raises(OwnedElsewhere):
+        await b.mark_stopped("s1")
+    assert (await a.record("s1"))["owner"] == "shard-1"

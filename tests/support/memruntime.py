@@ -72,6 +72,9 @@ class MemoryRuntime:
         await self._end(entry)
         await entry.shard.withdraw()
 
+    def reconfigure(self, config: object) -> None:
+        """The in-memory shards take no settings from the config."""
+
     async def signal(self, shard_id: str, signum: int) -> None:
         raise RuntimeFailure("signals are not modelled")
 

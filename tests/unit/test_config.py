@@ -156,3 +156,16 @@ def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert f"{bad}:2: policy.min_shard: unknown key" in err
     assert f"{bad}:3: policy.max_shards:" in err
     assert f"{bad}:5: status.bnd: unknown key" in err
+
+
+def test_named_environment_values_stay_strings() -> None:
+    config = parse_config("", "c.yaml", {"STATUS_TOKEN": "123456", "AUTOSCALER_DRY_RUN": "true"})
+    assert config.status.token == "123456" and config.policy.dry_run is True
+    assert parse_config("", "c.yaml", {"STATUS_TOKEN": "null"}).status.token == "null"
+
+
+def test_status_bind_must_be_host_and_port() -> None:
+    found = issues_of("", {"STATUS_BIND": "localhost"})
+    assert found == [
+        "env STATUS_BIND: status.bind: 'localhost' is not host:port, e.g. 127.0.0.1:8080"
+    ]

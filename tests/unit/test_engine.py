@@ -264,7 +264,21 @@ def test_no_scale_down_while_a_dead_shard_is_replaced() -> None:
     dead = ShardView("shard-2", DEAD, 12, heartbeat_age=45.0)
     plan = decide(fleet(ready(1, 30), dead, ready(3, 0)), policy(), OLD, NOW)
     assert kinds(plan.actions) == [("replace", "shard-2")]
-    assert any("waits until dead shards are replaced" in r for r in plan.reasons)
+    assert any("waits until replaced shards have their sessions back" in r for r in plan.reasons)
+
+
+def test_no_scale_down_while_a_replacement_restores_sessions() -> None:
+    restoring = ("shard-2", STARTING, 12)
+    plan = decide(fleet(ready(1, 10), restoring, ready(3, 0)), policy(), OLD, NOW)
+    assert plan.actions == ()
+    assert any("waits until replaced shards" in r for r in plan.reasons)
+
+
+def test_replacements_are_paced_by_max_step() -> None:
+    dead = [(f"shard-{n}", DEAD, 1) for n in range(1, 6)]
+    plan = decide(fleet(*dead), policy(scale_up=ScaleUp(max_step=2)), OLD, NOW)
+    assert kinds(plan.actions) == [("replace", "shard-1"), ("replace", "shard-2")]
+    assert any("3 more dead shard(s)" in r for r in plan.reasons)
 
 
 def test_dead_shards_count_so_replacement_is_not_a_second_start() -> None:
