@@ -193,4 +193,4 @@ class Actor:
 
 def _has_room(fleet: Fleet, shard_id: str) -> bool:
     beat = fleet.beats.get(shard_id)
-    return beat is not None and beat.state == "accepting" and beat.sessions < beat.capacity
+    return beat is not None and beat.has_room

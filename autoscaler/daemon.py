@@ -219,8 +219,7 @@ class Daemon:
         m.sessions.set(observed.sessions)
         m.pending.set(observed.pending)
         m.desired.set(plan.desired)
-        live = [s for s in observed.shards if s.state in (ShardState.READY, ShardState.STARTING)]
-        m.capacity.set(len(live) * observed.max_sessions)
+        m.capacity.set(observed.capacity)
         for state in ShardState:
             m.shards.labels(state=state.value).set(
                 sum(1 for s in observed.shards if s.state == state)

@@ -34,7 +34,7 @@ def route_shards(fleet: Fleet, config: Config) -> list[RouteShard]:
     for shard_id in sorted(fleet.beats, key=shard_number):
         beat = fleet.beats[shard_id]
         instance = fleet.instances.get(shard_id)
-        fresh = fleet.now - beat.ts <= config.heartbeat.timeout
+        fresh = beat.fresh(fleet.now, config.heartbeat.timeout)
         if instance is None or not instance.running or not fresh or not beat.addr:
             continue
         draining = beat.state == "draining"

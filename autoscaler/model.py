@@ -40,6 +40,49 @@ class ShardState(StrEnum):
 
 
 @dataclass(frozen=True)
+class Beat:
+    """One shard's heartbeat as stored in Redis (see docs/redis-schema.md)."""
+
+    id: str
+    addr: str
+    state: str
+    sessions: int
+    capacity: int
+    memory_bytes: int
+    memory_limit_bytes: int
+    ts: float
+    boot: str = ""
+    version: str = ""
+    draining_since: float | None = None
+
+    @classmethod
+    def parse(cls, raw: dict[str, str]) -> Beat:
+        since = raw.get("draining_since") or ""
+        return cls(
+            id=raw["id"],
+            addr=raw.get("addr", ""),
+            state=raw.get("state", "accepting"),
+            sessions=int(raw.get("sessions", 0)),
+            capacity=int(raw.get("capacity", 0)),
+            memory_bytes=int(raw.get("memory_bytes", 0)),
+            memory_limit_bytes=int(raw.get("memory_limit_bytes", 0)),
+            ts=float(raw.get("ts", 0)),
+            boot=raw.get("boot", ""),
+            version=raw.get("version", ""),
+            draining_since=float(since) if since else None,
+        )
+
+    def fresh(self, now: float, timeout: float) -> bool:
+        """Written less than `timeout` seconds before `now`."""
+        return now - self.ts <= timeout
+
+    @property
+    def has_room(self) -> bool:
+        """Takes new sessions: accepting, and below its capacity."""
+        return self.state == "accepting" and self.sessions < self.capacity
+
+
+@dataclass(frozen=True)
 class ShardView:
     """What the observer knows about one shard at one moment."""
 
@@ -70,6 +113,12 @@ class Observed:
     @property
     def sessions(self) -> int:
         return sum(s.sessions for s in self.shards)
+
+    @property
+    def capacity(self) -> int:
+        """Session slots of the shards that take sessions (ready) or soon will (starting)."""
+        live = (ShardState.READY, ShardState.STARTING)
+        return sum(1 for s in self.shards if s.state in live) * self.max_sessions
 
 
 class ActionKind(StrEnum):

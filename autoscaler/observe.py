@@ -16,46 +16,12 @@ from redis.exceptions import RedisError
 
 from autoscaler.config import Config, parse_size
 from autoscaler.keys import Keys
-from autoscaler.model import Observed, ShardState, ShardView, shard_number
+from autoscaler.model import Beat, Observed, ShardState, ShardView, shard_number
 from autoscaler.runtime import Runtime, RuntimeFailure, ShardInstance
 
 log = logging.getLogger(__name__)
 PENDING_WINDOW = 60.0
 """Refused creates younger than this count as demand (clients retry after Retry-After)."""
-
-
-@dataclass(frozen=True)
-class Beat:
-    """One shard's heartbeat as stored in Redis (see docs/redis-schema.md)."""
-
-    id: str
-    addr: str
-    state: str
-    sessions: int
-    capacity: int
-    memory_bytes: int
-    memory_limit_bytes: int
-    ts: float
-    boot: str = ""
-    version: str = ""
-    draining_since: float | None = None
-
-    @classmethod
-    def parse(cls, raw: dict[str, str]) -> Beat:
-        since = raw.get("draining_since") or ""
-        return cls(
-            id=raw["id"],
-            addr=raw.get("addr", ""),
-            state=raw.get("state", "accepting"),
-            sessions=int(raw.get("sessions", 0)),
-            capacity=int(raw.get("capacity", 0)),
-            memory_bytes=int(raw.get("memory_bytes", 0)),
-            memory_limit_bytes=int(raw.get("memory_limit_bytes", 0)),
-            ts=float(raw.get("ts", 0)),
-            boot=raw.get("boot", ""),
-            version=raw.get("version", ""),
-            draining_since=float(since) if since else None,
-        )
 
 
 @dataclass(frozen=True)
@@ -94,7 +60,7 @@ def classify(
       when it is replaced under the same id);
     - no container or process and nothing owned: not a shard to manage.
     """
-    fresh = beat is not None and now - beat.ts <= config.heartbeat.timeout
+    fresh = beat is not None and beat.fresh(now, config.heartbeat.timeout)
     if instance is None:
         return ShardState.DEAD if owned > 0 else None
     if not instance.running:

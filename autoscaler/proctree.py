@@ -26,24 +26,28 @@ class Proc:
     """Value of the marker variable asked for, if the process's environment has it."""
 
 
-def scan(marker: str) -> dict[int, Proc]:
-    """Every live (non-zombie) process, with the value of `marker` in its environment."""
-    prefix = marker.encode() + b"="
+def scan(marker: str | None) -> dict[int, Proc]:
+    """Every live (non-zombie) process, with the value of `marker` in its environment (environments
+    are not read at all when `marker` is None)."""
     found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            mark = _marker(int(entry), marker) if marker is not None else None
         except (OSError, IndexError):
             continue
-        if stat[0] == "Z":
-            continue
-        value = next((e[len(prefix) :] for e in environ if e.startswith(prefix)), None)
-        mark = value.decode(errors="replace") if value is not None else None
-        found[int(entry)] = Proc(int(entry), int(stat[1]), int(stat[19]), mark)
+        if stat[0] != "Z":
+            found[int(entry)] = Proc(int(entry), int(stat[1]), int(stat[19]), mark)
     return found
+
+
+def _marker(pid: int, name: str) -> str | None:
+    prefix = name.encode() + b"="
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    value = next((e[len(prefix) :] for e in environ if e.startswith(prefix)), None)
+    return value.decode(errors="replace") if value is not None else None
 
 
 def tree(procs: dict[int, Proc], marked: set[int]) -> list[Proc]:
@@ -59,6 +63,11 @@ def tree(procs: dict[int, Proc], marked: set[int]) -> list[Proc]:
         seen.add(pid)
         todo.extend(children.get(pid, []))
     return [procs[pid] for pid in sorted(seen)]
+
+
+def subtree(root: int) -> list[Proc]:
+    """`root` and every process below it."""
+    return tree(scan(None), {root})
 
 
 def marked_tree(marker: str, value: str) -> list[Proc]:

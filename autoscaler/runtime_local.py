@@ -59,8 +59,7 @@ class LocalRuntime:
         return by_number([i for i in instances if i is not None])
 
     async def inspect(self, shard_id: str) -> ShardInstance | None:
-        roots = await asyncio.to_thread(shard_roots, self.config.runtime.project)
-        proc = roots.get(shard_id)
+        proc = await self._root(shard_id)
         return None if proc is None else self._instance(shard_id, proc)
 
     async def start(self, shard_id: str) -> ShardInstance:
@@ -100,26 +99,31 @@ class LocalRuntime:
     async def stop(self, shard_id: str, timeout: float) -> None:
         """SIGTERM the shard, wait up to `timeout`, then SIGKILL what is left of its tree."""
         recorded = await asyncio.to_thread(proctree.marked_tree, MARKER, self._marker(shard_id))
-        current = await self.inspect(shard_id)
-        if current is not None:
-            log.info("stopping local shard %s (%s)", shard_id, current.detail)
+        root = await self._root(shard_id)
+        if root is not None:
+            log.info("stopping local shard %s (pid %d)", shard_id, root.pid)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(current.detail.split()[1]), signal.SIGTERM)
+                os.kill(root.pid, signal.SIGTERM)
             await self._wait_gone(shard_id, timeout)
         left = await asyncio.to_thread(proctree.marked_tree, MARKER, self._marker(shard_id))
         proctree.kill(recorded + left)
 
     async def _wait_gone(self, shard_id: str, timeout: float) -> None:
         for _ in range(max(1, int(timeout / 0.1))):
-            if await self.inspect(shard_id) is None:
+            if await self._root(shard_id) is None:
                 return
             await asyncio.sleep(0.1)
 
     async def signal(self, shard_id: str, signum: int) -> None:
-        current = await self.inspect(shard_id)
-        if current is None:
+        root = await self._root(shard_id)
+        if root is None:
             raise RuntimeFailure(f"no running process for {shard_id}")
-        os.kill(int(current.detail.split()[1]), signum)
+        os.kill(root.pid, signum)
+
+    async def _root(self, shard_id: str) -> proctree.Proc | None:
+        # Reading every process's environment takes a while: not on the event loop.
+        roots = await asyncio.to_thread(shard_roots, self.config.runtime.project)
+        return roots.get(shard_id)
 
     def _instance(self, shard_id: str, proc: proctree.Proc) -> ShardInstance | None:
         try:

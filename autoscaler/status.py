@@ -78,7 +78,6 @@ def status(daemon: Daemon) -> dict[str, Any]:
     state, config = daemon.state, daemon.config
     observed = state.observed
     shards = _shards(daemon)
-    live = [s for s in shards if s["state"] in ("ready", "starting")]
     front = daemon.front
     return {
         "now": time.time(),
@@ -92,7 +91,7 @@ def status(daemon: Daemon) -> dict[str, Any]:
             "desired": state.decisions[0].plan.desired if state.decisions else None,
             "sessions": observed.sessions if observed else 0,
             "pending": observed.pending if observed else 0,
-            "capacity": len(live) * config.shard.max_sessions,
+            "capacity": observed.capacity if observed else 0,
             "data_fresh": observed.fresh if observed else False,
             "stale_reason": (observed.stale_reason or None) if observed else None,
         },

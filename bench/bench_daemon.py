@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from support.procs import free_port, start, stop, wait_for
+from support.procs import free_port, start, start_redis, stop, wait_for
 
 from autoscaler.config import Config
 from autoscaler.daemon import Daemon
@@ -145,24 +144,9 @@ def docker_section(folder: Path) -> list[str]:
     network = client.networks.create(f"chatscale-bench-{os.getpid()}", driver="bridge")
     network.reload()
     gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
-    port = free_port()
-    proc = start(
-        [
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            gateway,
-            "--save",
-            "",
-            "--protected-mode",
-            "no",
-        ],
-        folder / "redis-docker.log",
-    )
-    redis_url = f"redis://{gateway}:{port}/0"
-    wait_for(lambda: bool(redis.Redis.from_url(redis_url).ping()), 10, "redis")
+    (folder / "docker").mkdir()
+    proc, base = start_redis(folder / "docker", ("127.0.0.1", gateway))
+    redis_url = f"{base}/0"
     config = Config.model_validate(
         {
             "redis": {"url": redis_url},
@@ -282,13 +266,8 @@ def main() -> None:
     parser.add_argument("--skip-docker", action="store_true")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
-    port = free_port()
-    proc = start(
-        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--save", ""],
-        folder / "redis.log",
-    )
-    redis_url = f"redis://127.0.0.1:{port}/0"
-    wait_for(lambda: bool(redis.Redis.from_url(redis_url).ping()), 10, "redis")
+    proc, base = start_redis(folder)
+    redis_url = f"{base}/0"
     print("command: `.venv/bin/python bench/bench_daemon.py`  ")
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ")
     print(

@@ -51,7 +51,7 @@ sys.path.insert(0, str(TESTS))
 import aiohttp  # noqa: E402
 import redis  # noqa: E402
 from shard.browser import CHROMIUM_ARGS  # noqa: E402
-from support.procs import free_port, port_open, require_binary, start, stop, wait_for  # noqa: E402
+from support.procs import free_port, port_open, start, start_redis, stop, wait_for  # noqa: E402
 from support.shards import TAG, Api, ShardFleet, ShardProc, scan, site_state  # noqa: E402
 
 from autoscaler import proctree  # noqa: E402
@@ -90,13 +90,9 @@ def process_tree(tag: str) -> dict[int, int]:
 
 
 def still_alive(procs: dict[int, int]) -> list[int]:
-    """Those of `procs` still running (same pid and start time, not a zombie)."""
-    alive = []
-    for pid, started in procs.items():
-        fields = _stat(pid)
-        if fields and fields[0] != "Z" and int(fields[19]) == started:
-            alive.append(pid)
-    return sorted(alive)
+    """Those of `procs` (pid -> start time) still running."""
+    recorded = [proctree.Proc(pid, 0, start, None) for pid, start in procs.items()]
+    return sorted(p.pid for p in proctree.alive(recorded))
 
 
 def kill_all(procs: dict[int, int]) -> list[int]:
@@ -275,17 +271,9 @@ class Owned:
         return still_alive(self.seen)
 
 
-def start_redis(owned: Owned) -> str:
-    binary = require_binary("redis-server")
-    port = free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    owned.redis = start([*argv, "--dir", str(owned.folder)], owned.folder / "redis.log")
-    client = redis.Redis(port=port)
-    try:
-        wait_for(lambda: bool(client.ping()), 10, "redis-server")
-    finally:
-        client.close()
-    return f"redis://127.0.0.1:{port}/0"
+def own_redis(owned: Owned) -> str:
+    owned.redis, url = start_redis(owned.folder)
+    return f"{url}/0"
 
 
 def start_site(owned: Owned) -> str:
@@ -759,7 +747,7 @@ def report_checks(r: Results) -> None:
 async def run(owned: Owned, args: argparse.Namespace) -> Results:
     r = Results(args.sessions)
     sids = [f"bench-{n:02d}" for n in range(r.count)]
-    redis_url = start_redis(owned)
+    redis_url = own_redis(owned)
     site = start_site(owned)
     owned.fleet = fleet = ShardFleet(redis_url, site, owned.folder)
     db = redis.Redis.from_url(redis_url)

@@ -8,21 +8,14 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio as aioredis
-from support.procs import free_port, require_binary, start, stop, wait_for
+from support.procs import start_redis, stop
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server on a free loopback port; yields its base URL."""
-    binary = require_binary("redis-server")
-    port = free_port()
-    folder = tmp_path_factory.mktemp("redis")
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = start([*argv, "--dir", str(folder)], folder / "redis.log")
-    client = redis.Redis(port=port)
-    wait_for(lambda: bool(client.ping()), 10, "redis-server")
-    yield f"redis://127.0.0.1:{port}"
-    client.close()
+    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
     stop(proc)
 
 

@@ -40,7 +40,7 @@ class Selectors:
     ready: str = "#pane-side"
     """Present only once logged in (WhatsApp Web's chat list)."""
     compose: str = 'footer div[contenteditable="true"][data-tab="10"]'
-    send: str = 'span[data-icon="send"]'
+    """The message box of an open chat; pressing Enter in it sends."""
     message: str = "[data-id]"
     """Sent-message bubbles; their data-id is returned as the message id."""
 

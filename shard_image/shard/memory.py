@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoscaler import proctree
+
 _V2 = Path("/sys/fs/cgroup")
 _V1 = Path("/sys/fs/cgroup/memory")
 # cgroup v1 reports "no limit" as a huge number near 2**63.
@@ -58,25 +60,7 @@ def _stat(path: Path, name: str) -> int:
 def tree_pss(root: int) -> int:
     """Proportional set size of `root` and all its descendants, in bytes."""
     total = 0
-    for pid in (root, *descendants(root)):
+    for proc in proctree.subtree(root):
         with contextlib.suppress(OSError, ValueError):
-            total += _stat(Path(f"/proc/{pid}/smaps_rollup"), "Pss:") * 1024
+            total += _stat(Path(f"/proc/{proc.pid}/smaps_rollup"), "Pss:") * 1024
     return total
-
-
-def descendants(root: int) -> list[int]:
-    """Every process below `root` in the process tree (read from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 
 from autoscaler.keys import Keys
+from autoscaler.model import Beat
 
 # KEYS: none declared (see module docstring). ARGV: prefix, session, shard, capacity, now, mode.
 # mode "new": claim if unowned or the owner's lease (heartbeat key) is gone.
@@ -126,22 +126,6 @@ class OwnedElsewhere(Exception):
         self.owner = owner
 
 
-@dataclass(frozen=True)
-class Heartbeat:
-    """One shard's heartbeat as stored in Redis."""
-
-    id: str
-    addr: str
-    state: str
-    sessions: int
-    capacity: int
-    ts: float
-
-    @property
-    def has_room(self) -> bool:
-        return self.state == "accepting" and self.sessions < self.capacity
-
-
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -246,21 +230,14 @@ class Registry:
         """Remove this shard's heartbeat on a clean exit, so nobody waits for its lease."""
         await self.redis.delete(self.keys.shard(self.shard_id))
 
-    async def heartbeats(self) -> list[Heartbeat]:
+    async def heartbeats(self) -> list[Beat]:
         """Every live shard's heartbeat (expired keys are skipped)."""
         ids = [_text(i) for i in await self.redis.zrange(self.keys.shards, 0, -1)]
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid in ids:
-                pipe.hmget(self.keys.shard(sid), "addr", "state", "sessions", "capacity", "ts")
+                pipe.hgetall(self.keys.shard(sid))
             rows = await pipe.execute()
-        beats = []
-        for sid, (addr, state, sessions, capacity, ts) in zip(ids, rows, strict=True):
-            if addr is None:
-                continue
-            beats.append(
-                Heartbeat(sid, _text(addr), _text(state), int(sessions), int(capacity), float(ts))
-            )
-        return beats
+        return [Beat.parse({_text(k): _text(v) for k, v in raw.items()}) for raw in rows if raw]
 
     async def ring_members(self) -> list[tuple[str, str]] | None:
         """The ring as the autoscaler last applied it to nginx; None if never published."""

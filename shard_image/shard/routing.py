@@ -13,10 +13,11 @@ from collections.abc import Collection
 import aiohttp
 from aiohttp import web
 
+from autoscaler.model import Beat
 from autoscaler.placement import place
 from autoscaler.ring import Ring
 from shard.errors import json_error
-from shard.registry import Heartbeat, Registry
+from shard.registry import Registry
 from shard.settings import ShardSettings
 
 FORWARDED_BY = "X-Chatscale-Forwarded-By"
@@ -46,9 +47,9 @@ class Router:
         self.settings = settings
         self.registry = registry
         self.http = http
-        self._view: tuple[float, Ring, dict[str, Heartbeat]] | None = None
+        self._view: tuple[float, Ring, dict[str, Beat]] | None = None
 
-    async def view(self, fresh: bool = False) -> tuple[Ring, dict[str, Heartbeat]]:
+    async def view(self, fresh: bool = False) -> tuple[Ring, dict[str, Beat]]:
         """The ring nginx uses (as published by the autoscaler) and every live heartbeat."""
         now = time.monotonic()
         if not fresh and self._view is not None and now - self._view[0] < VIEW_TTL:

@@ -13,8 +13,9 @@ from autoscaler.config import Config
 from autoscaler.front import Front
 from autoscaler.keys import Keys
 from autoscaler.metrics import Metrics
+from autoscaler.model import Beat
 from autoscaler.nginx_apply import ApplyResult
-from autoscaler.observe import Beat, Fleet
+from autoscaler.observe import Fleet
 from autoscaler.runtime import ShardInstance
 
 KEYS = Keys("cs:")

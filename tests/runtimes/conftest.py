@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 from support.harness import HEARTBEAT_IMAGE, Harness
-from support.procs import free_port, require_binary, start, stop, wait_for
+from support.procs import start_redis, stop
 
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
@@ -69,29 +69,8 @@ def bridged_redis(
 ) -> Iterator[str]:
     """A redis-server the test's containers can reach: bound to loopback and the gateway."""
     _, gateway = docker_network
-    port = free_port()
-    folder = tmp_path_factory.mktemp("bridged-redis")
-    argv = [
-        require_binary("redis-server"),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        gateway,
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--protected-mode",
-        "no",
-        "--dir",
-        str(folder),
-    ]
-    proc = start(argv, folder / "redis.log")
-    client = redis.Redis(host=gateway, port=port)
-    wait_for(lambda: bool(client.ping()), 10, "bridged redis-server")
-    client.close()
-    yield f"redis://{gateway}:{port}"
+    proc, url = start_redis(tmp_path_factory.mktemp("bridged-redis"), ("127.0.0.1", gateway))
+    yield url
     stop(proc)
 
 

@@ -7,12 +7,13 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from shard.registry import Registry
-from support.procs import wait_for
+from support.procs import start_redis, stop, wait_for
 from support.shards import Api, ShardFleet, ShardProc, scan, site_state
 
 from autoscaler import proctree
@@ -227,3 +228,34 @@ def main_chromium(shard: ShardProc) -> int | None:
         if argv[0].endswith(b"chromium") and not helper:
             return proc.pid
     return None
+
+
+async def test_shard_cut_off_from_redis_closes_its_sessions_before_the_lease_lapses(
+    http: aiohttp.ClientSession, site_url: str, tmp_path: Path
+) -> None:
+    """Redis stops answering (SIGSTOP: connections hang, nothing fails fast). The shard must
+    close its sessions itself before its lease (the heartbeat TTL, 4 s) could let another shard
+    claim them, and reopen them once Redis answers again."""
+    redis_proc, base = start_redis(tmp_path)
+    fleet = ShardFleet(f"{base}/0", site_url, tmp_path)
+    try:
+        shard = fleet.start("shard-1")  # heartbeat every 1 s, lease (timeout) 4 s
+        api = Api(http, shard.url)
+        await api.call("PUT", "/api/sessions/cut", {})
+        await api.wait_status("cut", "SCAN_QR_CODE")
+        redis_proc.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        while (await api.call("GET", "/api/sessions"))[1]["sessions"]:
+            assert time.monotonic() - stopped < 4.0, "still serving when the lease could lapse"
+            await asyncio.sleep(0.1)
+        redis_proc.send_signal(signal.SIGCONT)
+        resumed = time.monotonic()
+        while not (await api.call("GET", "/api/sessions"))[1]["sessions"]:
+            assert time.monotonic() - resumed < 30, "the session was not reopened"
+            await asyncio.sleep(0.2)
+        view = await api.wait_status("cut", "SCAN_QR_CODE", timeout=30)
+        assert view["shard"] == "shard-1" and view["token"] >= 2, "reclaimed under a new token"
+    finally:
+        redis_proc.send_signal(signal.SIGCONT)
+        fleet.stop_all()
+        stop(redis_proc)

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import redis
+
 
 def free_port() -> int:
     """A loopback port nobody listens on right now."""
@@ -84,6 +86,40 @@ def start(
             env={**os.environ, **(env or {})},
             start_new_session=new_group,
         )
+
+
+def start_redis(
+    folder: Path, binds: Sequence[str] = ("127.0.0.1",)
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A private redis-server (no persistence) listening on `binds` at a free port.
+
+    Returns the process and its base URL at the last address (e.g. a Docker network's gateway,
+    where the test's containers reach it). Waits until it answers.
+    """
+    port = free_port()
+    argv = [
+        require_binary("redis-server"),
+        "--port",
+        str(port),
+        "--bind",
+        *binds,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+        "--dir",
+        str(folder),
+    ]
+    proc = start(argv, folder / "redis.log")
+    host = binds[-1]
+    client = redis.Redis(host=host, port=port)
+    try:
+        wait_for(lambda: bool(client.ping()), 10, f"redis-server on {host}:{port}")
+    finally:
+        client.close()
+    return proc, f"redis://{host}:{port}"
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

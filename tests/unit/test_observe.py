@@ -6,8 +6,8 @@ import pytest
 
 from autoscaler.config import Config
 from autoscaler.front import route_shards, route_table
-from autoscaler.model import ShardState
-from autoscaler.observe import Beat, Fleet, classify, to_observed
+from autoscaler.model import Beat, ShardState
+from autoscaler.observe import Fleet, classify, to_observed
 from autoscaler.runtime import ShardInstance, shard_env
 from autoscaler.runtime_docker import container_args
 
