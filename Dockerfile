@@ -10,7 +10,7 @@ ARG BASE_IMAGE=debian:bookworm-slim
 
 # ---- deps stage: a venv with the dependencies only (rebuilt only when pyproject.toml or the
 # ---- wheels change); nothing but /opt/chatscale reaches the final image, so the wheels and pip's
-# ---- caches cost no space there. Identical in Dockerfile and shard_image/Dockerfile (shared cache).
+# ---- caches cost no space there. Dockerfile and shard_image/Dockerfile differ only in the extra.
 FROM ${BASE_IMAGE} AS deps
 ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
@@ -27,7 +27,9 @@ ARG PIP_ARGS=""
 # and pyproject.toml, which always exists, keeps the COPY valid. It lands in /wheels as well and
 # is where the dependency list comes from.
 COPY pyproject.toml build/wheel[s] /wheels/
-RUN python3 -c 'import tomllib; p = tomllib.load(open("/wheels/pyproject.toml", "rb")); print("\n".join(p["project"]["dependencies"]))' > /tmp/requirements.txt \
+# Only what this image's side needs: the contract's dependencies plus the "autoscaler" extra.
+RUN python3 -c 'import tomllib; p = tomllib.load(open("/wheels/pyproject.toml", "rb"))["project"]; \
+print("\n".join(p["dependencies"] + p["optional-dependencies"]["autoscaler"]))' > /tmp/requirements.txt \
     && pip install $PIP_ARGS -r /tmp/requirements.txt
 
 # ---- project stage: the chatscale wheel, built from the source (a code change rebuilds only this
@@ -36,6 +38,7 @@ FROM deps AS project
 # (an ARG ends with its stage, even for a stage built FROM another)
 ARG PIP_ARGS=""
 COPY pyproject.toml README.md /src/
+COPY chatscale_contract /src/chatscale_contract
 COPY autoscaler /src/autoscaler
 COPY shard_image/shard /src/shard_image/shard
 RUN pip wheel $PIP_ARGS --no-deps --wheel-dir /dist /src

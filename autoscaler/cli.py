@@ -1,4 +1,4 @@
-"""`autoscaler` command line: check-config, simulate (and run, once the daemon is wired)."""
+"""`autoscaler` command line: run, check-config, simulate, down."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import json
 import sys
 from collections.abc import Sequence
 
-from autoscaler.configload import ConfigError, load_config
-from autoscaler.simulate import TraceError, parse_trace
-from autoscaler.simulate import run as run_simulation
+from autoscaler.engine.schedules import VALIDATION
+from autoscaler.engine.simulate import TraceError, parse_trace
+from autoscaler.engine.simulate import run as run_simulation
+from chatscale_contract.configload import ConfigError, load_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,7 +62,7 @@ def _down(args: argparse.Namespace) -> int:
 
     from autoscaler.service import down
 
-    return asyncio.run(down(load_config(args.config)))
+    return asyncio.run(down(load_config(args.config, context=VALIDATION)))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -78,12 +79,12 @@ def _run(args: argparse.Namespace) -> int:
     # does not.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     path = Path(args.config).resolve()
-    config = load_config(path)
+    config = load_config(path, context=VALIDATION)
     return asyncio.run(serve(config, path))
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.path)
+    config = load_config(args.path, context=VALIDATION)
     policy = config.policy
     shards = f"{policy.min_shards}..{policy.max_shards}"
     print(
@@ -98,7 +99,7 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.tick <= 0 or args.start_delay < 0 or args.drain_seconds < 0:
         print("--tick must be > 0; --start-delay and --drain-seconds >= 0", file=sys.stderr)
         return 2
-    config = load_config(args.config)
+    config = load_config(args.config, context=VALIDATION)
     try:
         with open(args.trace) as handle:
             points = parse_trace(handle.read(), args.trace)

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -21,9 +22,9 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from autoscaler.config import Config
-from autoscaler.daemon import Daemon
-from autoscaler.status import init_app
+from autoscaler.loop.daemon import Daemon
+from autoscaler.web.status import init_app
+from chatscale_contract.config import Config
 
 log = logging.getLogger(__name__)
 PASS_JOB = "reconcile"
@@ -84,30 +85,50 @@ async def listen_for_nudges(daemon: Daemon, nudge: Nudger) -> None:
 
 
 async def serve(config: Config, config_path: Path | None) -> int:
-    daemon = Daemon(config, config_path)
-    await daemon.open()
-    host, _, port = config.status.bind.rpartition(":")
+    """`autoscaler run`: passes, status server and signal handling until SIGTERM or SIGINT."""
+    async with contextlib.AsyncExitStack() as stack:
+        daemon = await stack.enter_async_context(Daemon(config, config_path))
+        await stack.enter_async_context(_status_server(daemon, config.status.bind))
+        log.info(
+            "autoscaler %s: runtime %s, %d-%d shards, status on http://%s/%s",
+            daemon.holder,
+            config.runtime.kind,
+            config.policy.min_shards,
+            config.policy.max_shards,
+            config.status.bind,
+            " (dry run)" if config.policy.dry_run else "",
+        )
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        nudge = Nudger(scheduler)
+        schedule_jobs(scheduler, daemon, nudge)
+        daemon.on_reload = lambda: schedule_jobs(scheduler, daemon, nudge)
+        scheduler.start()
+        stack.callback(scheduler.shutdown, wait=False)
+        for job, name in (
+            (listen_for_nudges(daemon, nudge), "nudges"),
+            (daemon.renew_forever(), "leader renewal"),
+        ):
+            stack.push_async_callback(_cancel, asyncio.create_task(job, name=name))
+        await _until_stopped(daemon, nudge)
+        log.info("stopping (shards keep running)")
+    log.info("stopped")
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def _status_server(daemon: Daemon, bind: str) -> AsyncIterator[None]:
+    host, _, port = bind.rpartition(":")
     runner = web.AppRunner(init_app(daemon), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
-    log.info(
-        "autoscaler %s: runtime %s, %d-%d shards, status on http://%s/%s",
-        daemon.holder,
-        config.runtime.kind,
-        config.policy.min_shards,
-        config.policy.max_shards,
-        config.status.bind,
-        " (dry run)" if config.policy.dry_run else "",
-    )
-    scheduler = AsyncIOScheduler(timezone=UTC)
-    nudge = Nudger(scheduler)
-    schedule_jobs(scheduler, daemon, nudge)
-    daemon.on_reload = lambda: schedule_jobs(scheduler, daemon, nudge)
-    scheduler.start()
-    tasks = [
-        asyncio.create_task(listen_for_nudges(daemon, nudge), name="nudges"),
-        asyncio.create_task(daemon.renew_forever(), name="leader renewal"),
-    ]
+    try:
+        await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+        yield
+    finally:
+        await runner.cleanup()
+
+
+async def _until_stopped(daemon: Daemon, nudge: Nudger) -> None:
+    """Wait for SIGTERM or SIGINT; SIGHUP reloads the config and runs a pass."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -119,17 +140,12 @@ async def serve(config: Config, config_path: Path | None) -> int:
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
-    log.info("stopping (shards keep running)")
-    scheduler.shutdown(wait=False)
-    for task in tasks:
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-    await daemon.wait_idle()
-    await runner.cleanup()
-    await daemon.close()
-    log.info("stopped")
-    return 0
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
 
 
 async def down(config: Config) -> int:
@@ -137,8 +153,8 @@ async def down(config: Config) -> int:
 
     Sessions stay in Redis, released, and are adopted again by the next fleet. Prints progress.
     """
-    from autoscaler.daemon import make_runtime
-    from autoscaler.nginx_apply import running_pid
+    from autoscaler.front.reload import running_pid
+    from autoscaler.runtimes import make_runtime
 
     runtime = make_runtime(config)
     shards = await runtime.list_shards()

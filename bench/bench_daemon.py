@@ -30,10 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from support.procs import free_port, start, start_redis, stop, wait_for
 
-from autoscaler.config import Config
-from autoscaler.daemon import Daemon
-from autoscaler.keys import Keys
-from autoscaler.runtime import ShardInstance
+from autoscaler.loop.daemon import Daemon
+from autoscaler.runtimes.base import ShardInstance
+from chatscale_contract.beat import Beat, ReportedState
+from chatscale_contract.config import Config
+from chatscale_contract.keys import Keys
 
 KEYS = Keys("cs:")
 
@@ -73,21 +74,19 @@ def seed(client: redis.Redis, runtime: ListOnlyRuntime, per_shard: int) -> None:
     now = time.time()
     for instance in runtime.instances:
         sid = instance.shard_id
-        pipe.hset(
-            KEYS.shard(sid),
-            mapping={
-                "id": sid,
-                "addr": instance.addr,
-                "state": "accepting",
-                "sessions": per_shard,
-                "capacity": 50,
-                "memory_bytes": per_shard * 80 * 2**20,
-                "memory_limit_bytes": 10 * 2**30,
-                "ts": now,
-                "boot": "b",
-                "version": "bench",
-            },
+        beat = Beat(
+            id=sid,
+            addr=instance.addr,
+            state=ReportedState.ACCEPTING,
+            sessions=per_shard,
+            capacity=50,
+            memory_bytes=per_shard * 80 * 2**20,
+            memory_limit_bytes=10 * 2**30,
+            ts=now,
+            boot="b",
+            version="bench",
         )
+        pipe.hset(KEYS.shard(sid), mapping=beat.fields())
         pipe.zadd(KEYS.shards, {sid: now})
         pipe.sadd(KEYS.shard_sessions(sid), *(f"{sid}-s{n}" for n in range(per_shard)))
     pipe.execute()
@@ -104,10 +103,8 @@ async def time_passes(redis_url: str, count: int, passes: int = 15) -> list[floa
             "nginx": {"enabled": False},
         }
     )
-    daemon = Daemon(config, runtime=runtime, holder="bench")
-    await daemon.open()
     samples = []
-    try:
+    async with Daemon(config, runtime=runtime, holder="bench") as daemon:
         for _ in range(passes + 2):
             began = time.perf_counter()
             decision = await daemon.reconcile()
@@ -116,11 +113,9 @@ async def time_passes(redis_url: str, count: int, passes: int = 15) -> list[floa
             now = time.time()  # keep the heartbeats fresh, as live shards would
             pipe = client.pipeline(transaction=False)
             for instance in runtime.instances:
-                pipe.hset(KEYS.shard(instance.shard_id), "ts", now)
+                pipe.hset(KEYS.shard(instance.shard_id), "ts", repr(now))
             pipe.execute()
-    finally:
-        await daemon.close()
-        client.close()
+    client.close()
     return sorted(samples[2:])  # the first passes warm caches and connections
 
 
@@ -216,7 +211,7 @@ def reaction(config: Config, client: object) -> list[str]:
 
 
 def bare_run(config: Config, client: object) -> list[str]:
-    from autoscaler.runtime_docker import container_args
+    from autoscaler.runtimes.docker import container_args
 
     args = container_args(config, "shard-9")
     args["name"] = f"{config.runtime.project}-bare"
@@ -256,7 +251,7 @@ def _ready(status_port: int) -> int:
 def _health(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as resp:
-            return resp.status == 200
+            return bool(resp.status == 200)
     except OSError:
         return False
 

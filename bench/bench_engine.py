@@ -12,10 +12,10 @@ import platform
 import statistics
 import time
 
-from autoscaler.config import Config
-from autoscaler.engine import decide
-from autoscaler.model import History, Observed, ShardState, ShardView
-from autoscaler.simulate import TracePoint, run
+from autoscaler.engine.decide import decide
+from autoscaler.engine.model import History, Observed, ShardState, ShardView
+from autoscaler.engine.simulate import TracePoint, run
+from chatscale_contract.config import Config
 
 GB = 1024**3
 

@@ -33,9 +33,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from autoscaler.config import NginxSettings
-from autoscaler.nginx_apply import LocalReloader, NginxApplier, confirm
-from autoscaler.nginx_render import RouteShard, RouteTable, render
+from autoscaler.front.apply import NginxApplier, confirm
+from autoscaler.front.reload import LocalReloader
+from autoscaler.front.render import render
+from autoscaler.front.table import RouteShard, RouteTable
+from chatscale_contract.config import NginxSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "nginx_templates"

@@ -54,8 +54,8 @@ from shard.browser import CHROMIUM_ARGS  # noqa: E402
 from support.procs import free_port, port_open, start, start_redis, stop, wait_for  # noqa: E402
 from support.shards import TAG, Api, ShardFleet, ShardProc, scan, site_state  # noqa: E402
 
-from autoscaler import proctree  # noqa: E402
-from autoscaler.keys import Keys  # noqa: E402
+from chatscale_contract import proctree  # noqa: E402
+from chatscale_contract.keys import Keys  # noqa: E402
 
 SHARD_ID = "shard-1"
 CHROMIUM = "/usr/lib/chromium/chromium"
@@ -84,18 +84,18 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
-def process_tree(tag: str) -> dict[int, int]:
+def process_tree(tag: str) -> dict[int, float]:
     """pid -> start time of the shard tagged `tag` and every process below it (proctree.py)."""
     return {p.pid: p.start for p in proctree.marked_tree(TAG, tag)}
 
 
-def still_alive(procs: dict[int, int]) -> list[int]:
+def still_alive(procs: dict[int, float]) -> list[int]:
     """Those of `procs` (pid -> start time) still running."""
     recorded = [proctree.Proc(pid, 0, start, None) for pid, start in procs.items()]
     return sorted(p.pid for p in proctree.alive(recorded))
 
 
-def kill_all(procs: dict[int, int]) -> list[int]:
+def kill_all(procs: dict[int, float]) -> list[int]:
     """SIGKILL those of `procs` still alive; returns them."""
     alive = still_alive(procs)
     for pid in alive:
@@ -170,7 +170,7 @@ class CpuMark:
     """Machine-wide busy CPU seconds (all cores) since boot, steal excluded."""
     steal: float
     """CPU seconds the hypervisor gave to others while we wanted to run."""
-    procs: dict[tuple[int, int], tuple[str, float]]
+    procs: dict[tuple[int, float], tuple[str, float]]
     """(pid, start time) -> (kind, CPU seconds incl. reaped children) for a tag's tree."""
 
 
@@ -180,7 +180,7 @@ def cpu_mark(tag: str | None) -> CpuMark:
     # user nice system idle iowait irq softirq steal
     busy = (sum(ticks[:7]) - ticks[3] - ticks[4]) / TICK
     steal = ticks[7] / TICK
-    procs: dict[tuple[int, int], tuple[str, float]] = {}
+    procs: dict[tuple[int, float], tuple[str, float]] = {}
     for pid, started in (process_tree(tag) if tag else {}).items():
         fields = _stat(pid)
         if fields:
@@ -228,7 +228,7 @@ class Owned:
     worker: subprocess.Popen[bytes] | None = None
     worker_tag: str = ""
     done: bool = False
-    seen: dict[int, int] = field(default_factory=dict)
+    seen: dict[int, float] = field(default_factory=dict)
     """Every process of a tag's tree seen at cleanup (pid -> start time)."""
 
     def tags(self) -> list[str]:

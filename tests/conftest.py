@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio as aioredis
+from support.clock import FakeClock
+from support.loop import CAPACITY, Loop
+from support.memruntime import MemoryRuntime
 from support.procs import start_redis, stop
 
 
@@ -41,3 +44,14 @@ def artifacts_dir() -> Path:
     path = Path(__file__).resolve().parents[1] / "test-artifacts"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture
+async def loop(redis_url: str, aredis: aioredis.Redis) -> AsyncIterator[Loop]:
+    """The control loop on a fake clock: real Redis, in-memory stand-in shards (see loop.py)."""
+    clock = FakeClock()
+    runtime = MemoryRuntime(redis_url, clock, capacity=CAPACITY)
+    kit = Loop(redis_url, aredis, clock, runtime)
+    async with kit.stack:
+        yield kit
+    await runtime.close()

@@ -16,7 +16,7 @@ from playwright.async_api import Error as PlaywrightError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from autoscaler.ids import InvalidSessionId, check_session_id
+from chatscale_contract.ids import InvalidSessionId, check_session_id
 from shard.drivers import MAX_TEXT, DriverError, Unsupported
 from shard.errors import Handler, json_error
 from shard.registry import Full, OwnedElsewhere

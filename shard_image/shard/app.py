@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from autoscaler.keys import Keys
+from chatscale_contract.keys import Keys
 from shard.api import api_key, bad_requests, routes, shard_header
 from shard.browser import BrowserHost
 from shard.errors import errors_as_json
@@ -47,7 +47,10 @@ def _resources(settings: ShardSettings):  # type: ignore[no-untyped-def]
         # Timeouts: a Redis that stops answering must fail calls, not hang them (the lease
         # check runs after each heartbeat attempt).
         client = aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+            settings.redis_url,
+            decode_responses=True,
+            socket_timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=REDIS_TIMEOUT,
         )
         registry = Registry(
             client, Keys(settings.key_prefix), settings.shard_id, settings.max_sessions

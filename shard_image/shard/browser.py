@@ -16,7 +16,7 @@ from typing import Any
 
 from playwright.async_api import Browser, BrowserContext, Playwright, async_playwright
 
-from autoscaler import proctree
+from chatscale_contract import proctree
 
 log = logging.getLogger(__name__)
 

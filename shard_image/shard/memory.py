@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoscaler import proctree
+from chatscale_contract import proctree
 
 _V2 = Path("/sys/fs/cgroup")
 _V1 = Path("/sys/fs/cgroup/memory")
@@ -32,7 +32,7 @@ def measure() -> MemoryUse:
     limit, used = _cgroup()
     if 0 < limit < _NO_LIMIT:
         return MemoryUse(used, limit, "cgroup")
-    return MemoryUse(tree_pss(os.getpid()), 0, "process tree")
+    return MemoryUse(proctree.tree_pss(os.getpid()), 0, "process tree")
 
 
 def _cgroup() -> tuple[int, int]:
@@ -55,12 +55,3 @@ def _stat(path: Path, name: str) -> int:
         if len(parts) >= 2 and parts[0] == name:
             return int(parts[1])
     return 0
-
-
-def tree_pss(root: int) -> int:
-    """Proportional set size of `root` and all its descendants, in bytes."""
-    total = 0
-    for proc in proctree.subtree(root):
-        with contextlib.suppress(OSError, ValueError):
-            total += _stat(Path(f"/proc/{proc.pid}/smaps_rollup"), "Pss:") * 1024
-    return total

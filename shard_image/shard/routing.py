@@ -13,17 +13,15 @@ from collections.abc import Collection
 import aiohttp
 from aiohttp import web
 
-from autoscaler.model import Beat
-from autoscaler.placement import place
-from autoscaler.ring import Ring
+from chatscale_contract.beat import Beat, ReportedState
+from chatscale_contract.placement import place
+from chatscale_contract.ring import Ring
 from shard.errors import json_error
 from shard.registry import Registry
 from shard.settings import ShardSettings
 
 FORWARDED_BY = "X-Chatscale-Forwarded-By"
 """Set on forwarded requests; a shard never forwards a request twice (no loops)."""
-RESTORE = "X-Chatscale-Restore"
-"""Set by a draining shard asking another to adopt a session from its snapshot."""
 _HOP_BY_HOP = {
     "connection",
     "keep-alive",
@@ -58,7 +56,7 @@ class Router:
         members = await self.registry.ring_members()
         if members is None:
             # No autoscaler has published a ring yet: use the one it would publish.
-            members = [(b.id, b.addr) for b in beats.values() if b.state != "draining"]
+            members = [(b.id, b.addr) for b in beats.values() if b.state != ReportedState.DRAINING]
         ring = Ring(members)
         self._view = (now, ring, beats)
         return ring, beats
@@ -120,7 +118,9 @@ class Router:
         addr = await self.addr(target)
         if addr is None:
             return False
-        headers = {RESTORE: "1", FORWARDED_BY: self.settings.shard_id}
+        # A released session is claimed like a new one and opens from its snapshot: the
+        # receiving shard needs no more than the forwarding mark (it must not forward again).
+        headers = {FORWARDED_BY: self.settings.shard_id}
         if self.settings.api_key:
             headers["X-Api-Key"] = self.settings.api_key
         try:

@@ -212,10 +212,10 @@ class SessionManager:
             self.metrics.restored.inc()
 
     async def _load_snapshot(self, sid: str) -> dict[str, Any] | None:
-        blob = await self.registry.snapshot(sid)
-        if blob is None:
-            return None
         try:
+            blob = await self.registry.snapshot(sid)
+            if blob is None:
+                return None
             state: dict[str, Any] = json.loads(zlib.decompress(blob))
             return state
         except (zlib.error, ValueError) as exc:

@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from autoscaler.config import Config
-from autoscaler.configload import ConfigError, load_config
-from autoscaler.model import shard_number
+from chatscale_contract.config import Config
+from chatscale_contract.configload import ConfigError, load_config
+from chatscale_contract.ids import shard_number
 
 T = TypeVar("T")
 DEBIAN_CHROMIUM = "/usr/lib/chromium/chromium"

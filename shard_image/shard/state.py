@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from chatscale_contract.beat import Beat, ReportedState
 from shard.browser import BrowserHost
 from shard.memory import MemoryUse, measure
 from shard.metrics import ShardMetrics
@@ -66,15 +67,15 @@ class Shard:
         return limit > 0 and self.memory.used_bytes >= self.settings.memory_high_watermark * limit
 
     @property
-    def state(self) -> str:
+    def state(self) -> ReportedState:
         if self.manager.draining_since is not None:
-            return "draining"
+            return ReportedState.DRAINING
         if len(self.manager.sessions) >= self.settings.max_sessions or self.memory_full:
-            return "full"
-        return "accepting"
+            return ReportedState.FULL
+        return ReportedState.ACCEPTING
 
     def has_room(self) -> bool:
-        return self.state == "accepting" and not self.fenced
+        return self.state == ReportedState.ACCEPTING and not self.fenced
 
     # --- heartbeat and lease ----------------------------------------------------------------
 
@@ -91,7 +92,7 @@ class Shard:
                 self.memory = await asyncio.to_thread(measure)
                 self._measured_at = time.monotonic()
             # Bounded: a Redis that stops answering must not stall the lease check below.
-            beat = self.registry.beat(self._fields(), ttl=self.settings.heartbeat_timeout)
+            beat = self.registry.beat(self._beat(), ttl=self.settings.heartbeat_timeout)
             await asyncio.wait_for(beat, self.settings.heartbeat_interval)
         except (RedisError, OSError, TimeoutError) as exc:
             self.metrics.heartbeat_failures.inc()
@@ -109,7 +110,7 @@ class Shard:
                 await self.manager.restore_owned()
                 self.restored, self.fenced = True, False
             await self.manager.check_ownership()
-            full = self.state == "full"
+            full = self.state == ReportedState.FULL
             if full and not self._reported_full:
                 await self.registry.nudge()
             self._reported_full = full
@@ -125,22 +126,21 @@ class Shard:
             self.fenced, self.restored = True, False
             await self.manager.close_all()
 
-    def _fields(self) -> dict[str, str | int | float]:
-        draining = self.manager.draining_since
-        return {
-            "id": self.settings.shard_id,
-            "addr": self.settings.public_addr,
-            "state": self.state,
-            "sessions": len(self.manager.sessions),
-            "capacity": self.settings.max_sessions,
-            "memory_bytes": self.memory.used_bytes,
-            "memory_limit_bytes": self.memory.limit_bytes,
-            "version": self.settings.version,
-            "started_at": self.started_at,
-            "boot": self.boot,
-            "ts": time.time(),
-            "draining_since": "" if draining is None else draining,
-        }
+    def _beat(self) -> Beat:
+        return Beat(
+            id=self.settings.shard_id,
+            addr=self.settings.public_addr,
+            state=self.state,
+            sessions=len(self.manager.sessions),
+            capacity=self.settings.max_sessions,
+            memory_bytes=self.memory.used_bytes,
+            memory_limit_bytes=self.memory.limit_bytes,
+            ts=time.time(),
+            boot=self.boot,
+            version=self.settings.version,
+            started_at=self.started_at,
+            draining_since=self.manager.draining_since,
+        )
 
     def refresh_gauges(self) -> None:
         counts = dict.fromkeys(Status, 0)

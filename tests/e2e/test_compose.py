@@ -22,9 +22,9 @@ import aiohttp
 import docker
 import pytest
 import yaml
-from e2e_support import record_timings
-from scenario import API_KEY, MAX_SESSIONS, Scenario, System, e2e_policy
+from support.e2e import record_timings
 from support.procs import free_port, port_open, wait_for
+from support.scenario import API_KEY, MAX_SESSIONS, Scenario, System, e2e_policy
 
 pytestmark = [pytest.mark.docker, pytest.mark.browser, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +39,7 @@ SITE = "chatscale-fakesite"
 
 
 def e2e_config() -> dict[str, Any]:
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config: dict[str, Any] = yaml.safe_load((ROOT / "config.yaml").read_text())
     config["shard"].update(
         max_sessions=MAX_SESSIONS,
         stop_timeout=20,
@@ -163,7 +163,9 @@ async def test_compose_end_to_end(compose: Compose, artifacts_dir: Path) -> None
 
     client.containers.get(SITE).remove(force=True)
     compose.down()
-    left = [c.name for c in client.containers.list(all=True) if c.name.startswith("chatscale-")]
+    left = [
+        c.name for c in client.containers.list(all=True) if (c.name or "").startswith("chatscale-")
+    ]
     assert left == [], f"docker-compose down left containers: {left}"
     # (Docker's name filter matches prefixes too: compare names exactly.)
     networks = [n.name for n in client.networks.list() if n.name == "chatscale"]

@@ -14,12 +14,12 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from e2e_support import record_timings
-from scenario import API_KEY, MAX_SESSIONS, Scenario, System, e2e_policy
+from support.e2e import record_timings
 from support.procs import free_port, free_port_block, port_open, start, stop, wait_for
+from support.scenario import API_KEY, MAX_SESSIONS, Scenario, System, e2e_policy
 
-from autoscaler import proctree
-from autoscaler.runtime_local import MARKER, shard_roots
+from autoscaler.runtimes.local import MARKER, shard_roots
+from chatscale_contract import proctree
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]

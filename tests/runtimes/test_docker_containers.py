@@ -7,8 +7,8 @@ import time
 
 from support.harness import Harness
 
-from autoscaler.configload import load_config
-from autoscaler.daemon import Daemon
+from autoscaler.loop.daemon import Daemon
+from chatscale_contract.configload import load_config
 
 
 async def test_every_shard_container_has_its_limits_labels_and_name(
@@ -17,16 +17,12 @@ async def test_every_shard_container_has_its_limits_labels_and_name(
     h = docker_harness
     config = load_config(h.write(h.config(min_shards=2)))
     assert config.shard.memory_limit == "10g", "the default limit is what is tested"
-    daemon = Daemon(config)
-    await daemon.open()
-    try:
+    async with Daemon(config) as daemon:
         deadline = time.monotonic() + 40
         while h.running() != ["shard-1", "shard-2"]:
             assert time.monotonic() < deadline, "2 shard containers never ran"
             await daemon.reconcile()
             await asyncio.sleep(0.3)
-    finally:
-        await daemon.close()
     for shard_id in ("shard-1", "shard-2"):
         container = h.docker.containers.get(f"{h.project}-{shard_id}")
         host = container.attrs["HostConfig"]

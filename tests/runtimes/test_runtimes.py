@@ -16,42 +16,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import redis
 from support.harness import Harness
 from support.procs import start, wait_for
+from support.runtimes import StopAudit
 
-from autoscaler.configload import load_config
-from autoscaler.daemon import Daemon
-from autoscaler.keys import Keys
+from autoscaler.engine.schedules import VALIDATION
+from autoscaler.loop.daemon import Daemon
+from autoscaler.runtimes import make_runtime
+from chatscale_contract.configload import load_config
 
-KEYS = Keys("cs:")
 AUTOSCALER = str(Path(sys.executable).with_name("autoscaler"))
-
-
-def load(redis_url: str, sessions: list[str], capacity: int = 5) -> list[str]:
-    """Place sessions on beating shards with room (as shards would); return those refused."""
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    refused = []
-    shard_ids = sorted(i for i in client.zrange(KEYS.shards, 0, -1) if client.exists(KEYS.shard(i)))
-    for sid in sessions:
-        for shard_id in shard_ids:
-            if client.scard(KEYS.shard_sessions(shard_id)) < capacity:
-                client.sadd(KEYS.shard_sessions(shard_id), sid)
-                client.zrem(KEYS.pending, sid)
-                break
-        else:
-            refused.append(sid)
-            client.zadd(KEYS.pending, {sid: time.time()})
-    client.close()
-    return refused
-
-
-def owned(redis_url: str, shard_id: str) -> int:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        return int(client.scard(KEYS.shard_sessions(shard_id)))
-    finally:
-        client.close()
 
 
 async def converge(daemon: Daemon, check: Any, timeout: float = 40, what: str = "") -> None:
@@ -64,42 +38,32 @@ async def converge(daemon: Daemon, check: Any, timeout: float = 40, what: str = 
 
 
 async def test_scale_up_under_load_then_down_stopping_only_empty_shards(harness: Harness) -> None:
-    daemon = Daemon(load_config(harness.write(harness.config())))
-    await daemon.open()
-    try:
+    config = load_config(harness.write(harness.config()), context=VALIDATION)
+
+    async def owned(shard_id: str) -> int:
+        return harness.owned(shard_id)
+
+    audit = StopAudit(make_runtime(config), owned)
+    async with Daemon(config, runtime=audit) as daemon:
         await converge(daemon, lambda: harness.running() == ["shard-1"], what="min_shards")
-        wait_for(lambda: load(harness.redis_url, []) == [] and _beating(harness, 1), 20, "beat")
-        refused = load(harness.redis_url, [f"s{n}" for n in range(12)])
+        wait_for(lambda: harness.beating(1), 20, "shard-1 beating")
+        refused = harness.create([f"s{n}" for n in range(12)])
         assert len(refused) == 7
         await converge(daemon, lambda: len(harness.running()) == 3, what="3 shards for 12 + 1")
-        wait_for(lambda: _beating(harness, 3), 20, "3 shards beating")
-        assert load(harness.redis_url, refused) == []
+        wait_for(lambda: harness.beating(3), 20, "3 shards beating")
+        assert harness.create(refused) == []
 
-        stopped_with: list[int] = []
-        real_stop = daemon.runtime.stop
-
-        async def checked_stop(shard_id: str, timeout: float) -> None:
-            stopped_with.append(owned(harness.redis_url, shard_id))
-            await real_stop(shard_id, timeout)
-
-        daemon.runtime.stop = checked_stop  # type: ignore[method-assign]
-        client = redis.Redis.from_url(harness.redis_url)
-        for shard_id in harness.running():
-            client.delete(KEYS.shard_sessions(shard_id))
-        client.close()
+        harness.delete_all()
         await converge(daemon, lambda: harness.running() == ["shard-1"], what="back to 1")
-        assert stopped_with == [0, 0]
-    finally:
-        await daemon.close()
+        assert audit.owned_at_stop == [0, 0]
 
 
 async def test_sigkilled_shard_is_replaced_under_the_same_id(harness: Harness) -> None:
-    daemon = Daemon(load_config(harness.write(harness.config(min_shards=2))))
-    await daemon.open()
-    try:
+    config = load_config(harness.write(harness.config(min_shards=2)), context=VALIDATION)
+    async with Daemon(config) as daemon:
         await converge(daemon, lambda: harness.running() == ["shard-1", "shard-2"])
-        wait_for(lambda: _beating(harness, 2), 20, "2 shards beating")
-        load(harness.redis_url, ["k1", "k2", "k3", "k4", "k5", "k6"])
+        wait_for(lambda: harness.beating(2), 20, "2 shards beating")
+        assert harness.create(["k1", "k2", "k3", "k4", "k5", "k6"]) == []
         before = harness.identity("shard-2")
         harness.kill("shard-2")
         await converge(
@@ -108,9 +72,7 @@ async def test_sigkilled_shard_is_replaced_under_the_same_id(harness: Harness) -
             what="shard-2 replaced",
         )
         assert harness.running() == ["shard-1", "shard-2"]
-        assert owned(harness.redis_url, "shard-1") + owned(harness.redis_url, "shard-2") == 6
-    finally:
-        await daemon.close()
+        assert harness.owned("shard-1") + harness.owned("shard-2") == 6
 
 
 def test_daemon_killed_mid_scale_restarts_without_duplicates(harness: Harness) -> None:
@@ -180,14 +142,6 @@ def test_bad_config_reload_keeps_the_old_one(harness: Harness) -> None:
         assert _status(bind)["config_error"] is None
     finally:
         _term(proc)
-
-
-def _beating(harness: Harness, count: int) -> bool:
-    client = redis.Redis.from_url(harness.redis_url)
-    try:
-        return sum(bool(client.exists(KEYS.shard(s))) for s in harness.running()) == count
-    finally:
-        client.close()
 
 
 def _status(bind: str) -> dict[str, Any]:

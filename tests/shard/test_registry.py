@@ -10,7 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 from shard.registry import Full, OwnedElsewhere, Registry
 
-from autoscaler.keys import Keys
+from chatscale_contract.beat import Beat, ReportedState
+from chatscale_contract.keys import Keys
 
 KEYS = Keys("t:")
 
@@ -21,21 +22,17 @@ def registry(client: aioredis.Redis, shard: str, capacity: int = 3) -> Registry:
 
 @pytest.fixture
 async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     await client.aclose()
 
 
+def beat(shard: str, addr: str = "127.0.0.1:1", sessions: int = 0, capacity: int = 3) -> Beat:
+    return Beat(shard, addr, ReportedState.ACCEPTING, sessions, capacity, 0, 0, time.time())
+
+
 async def alive(reg: Registry) -> None:
-    fields = {
-        "id": reg.shard_id,
-        "addr": "127.0.0.1:1",
-        "state": "accepting",
-        "sessions": 0,
-        "capacity": reg.capacity,
-        "ts": time.time(),
-    }
-    await reg.beat(fields, ttl=30)
+    await reg.beat(beat(reg.shard_id, capacity=reg.capacity), ttl=30)
 
 
 async def test_claim_sets_owner_and_token(raw: aioredis.Redis) -> None:
@@ -110,7 +107,7 @@ async def test_release_makes_orphan_and_claim_adopts(raw: aioredis.Redis) -> Non
     token = await a.claim("s1")
     assert await a.save_snapshot("s1", token, b"state")
     assert await a.release("s1", token, keep_running=True)
-    assert await raw.smembers(KEYS.orphans) == {b"s1"}
+    assert await raw.smembers(KEYS.orphans) == {"s1"}
     assert (await a.record("s1"))["owner"] == ""
     await b.claim("s1")
     assert await raw.smembers(KEYS.orphans) == set()
@@ -129,15 +126,7 @@ async def test_forget_removes_everything(raw: aioredis.Redis) -> None:
 
 async def test_heartbeat_expires_with_its_lease(raw: aioredis.Redis) -> None:
     a = registry(raw, "shard-1")
-    fields = {
-        "id": "shard-1",
-        "addr": "127.0.0.1:9",
-        "state": "accepting",
-        "sessions": 1,
-        "capacity": 3,
-        "ts": time.time(),
-    }
-    await a.beat(fields, ttl=0.3)
+    await a.beat(beat("shard-1", "127.0.0.1:9", sessions=1), ttl=0.3)
     beats = await a.heartbeats()
     assert [(b.id, b.addr, b.has_room) for b in beats] == [("shard-1", "127.0.0.1:9", True)]
     await asyncio.sleep(0.5)
@@ -168,3 +157,35 @@ async def test_stopping_a_session_a_live_shard_owns_is_refused(raw: aioredis.Red
     with pytest.raises(OwnedElsewhere):
         await b.mark_stopped("s1")
     assert (await a.record("s1"))["owner"] == "shard-1"
+
+
+async def test_snapshots_are_text_and_older_binary_ones_still_load(
+    raw: aioredis.Redis, redis_url: str
+) -> None:
+    """Both sides read Redis decoded to str, so snapshot bytes are stored as base64 text; one
+    written by an earlier version (raw zlib bytes, no encoding field) still loads."""
+    a = registry(raw, "shard-1")
+    token = await a.claim("s1")
+    blob = bytes(range(256))  # not valid UTF-8
+    assert await a.save_snapshot("s1", token, blob)
+    assert (await raw.hget(KEYS.snapshot("s1"), "encoding")) == "zlib+base64"
+    assert await a.snapshot("s1") == blob
+    binary = aioredis.Redis.from_url(redis_url)
+    await binary.hset(KEYS.snapshot("s2"), mapping={"token": 1, "data": blob})
+    await binary.aclose()
+    assert await a.snapshot("s2") == blob
+
+
+async def test_scripts_name_keys_only_through_the_key_builder(raw: aioredis.Redis) -> None:
+    """Another prefix, and a session owned by a dead shard moves: every key the scripts touch
+    (including the old owner's set, built inside Redis) carries that prefix and nothing else."""
+    keys = Keys("other:")
+    dead = Registry(raw, keys, "shard-1", 3)
+    live = Registry(raw, keys, "shard-2", 3)
+    await dead.claim("s1")
+    token = await live.claim("s1")
+    await live.release("s1", token, keep_running=True)
+    await live.claim("s1")
+    assert await raw.smembers(keys.shard_sessions("shard-1")) == set()
+    assert await raw.smembers(keys.shard_sessions("shard-2")) == {"s1"}
+    assert all(k.startswith("other:") for k in await raw.keys("*"))

@@ -7,7 +7,7 @@ import pytest
 from support.procs import wait_for
 from support.shards import Api, ShardFleet, scan, site_state
 
-from autoscaler import proctree
+from chatscale_contract import proctree
 
 pytestmark = [pytest.mark.browser]
 PHONE = "4915100000001"

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sys
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
 import yaml
 
-from autoscaler import proctree
-from autoscaler.runtime_local import MARKER, shard_roots
+from autoscaler.runtimes.local import MARKER, shard_roots
+from chatscale_contract import proctree
+from chatscale_contract.beat import Beat
+from chatscale_contract.keys import Keys
 from support.procs import free_port, free_port_block
 
+KEYS = Keys("cs:")
 TESTS = Path(__file__).resolve().parents[1]
 HEARTBEAT_IMAGE = "chatscale-heartbeat-test:latest"
 
@@ -86,6 +93,56 @@ class Harness:
         if self.kind == "docker":
             return str(self.docker.containers.get(f"{self.project}-{shard_id}").id)
         return str(shard_roots(self.project)[shard_id].pid)
+
+    # --- the stand-in shards' sessions, through their own endpoints --------------------------
+
+    def endpoint(self, shard_id: str) -> str:
+        """host:port where this test reaches a shard (a container's IP on the test network)."""
+        if self.kind == "docker":
+            container = self.docker.containers.get(f"{self.project}-{shard_id}")
+            ip = container.attrs["NetworkSettings"]["Networks"][self.network]["IPAddress"]
+            return f"{ip}:8000"
+        return self._beats()[shard_id].addr
+
+    def create(self, sessions: list[str]) -> list[str]:
+        """Create sessions on beating shards with room, as a client would (PUT on a shard,
+        which claims through the registry); returns those every shard refused."""
+        refused = []
+        shards = sorted(self._beats())
+        for sid in sessions:
+            if not any(self._call("PUT", shard, sid) == 201 for shard in shards):
+                refused.append(sid)
+        return refused
+
+    def delete_all(self) -> None:
+        for shard_id in self.running():
+            for sid in self._redis().smembers(KEYS.shard_sessions(shard_id)):
+                self._call("DELETE", shard_id, sid)
+
+    def owned(self, shard_id: str) -> int:
+        return int(self._redis().scard(KEYS.shard_sessions(shard_id)))
+
+    def beating(self, count: int) -> bool:
+        """`count` shards run, each with a heartbeat in Redis."""
+        running = self.running()
+        return len(running) == count and set(running) <= set(self._beats())
+
+    def _beats(self) -> dict[str, Beat]:
+        client = self._redis()
+        beats = (client.hgetall(KEYS.shard(s)) for s in client.zrange(KEYS.shards, 0, -1))
+        return {b["id"]: Beat.parse(b) for b in beats if b}
+
+    def _redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url, decode_responses=True)
+
+    def _call(self, method: str, shard_id: str, sid: str) -> int:
+        url = f"http://{self.endpoint(shard_id)}/api/sessions/{sid}"
+        request = urllib.request.Request(url, data=json.dumps({}).encode(), method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
 
     def cleanup(self) -> None:
         if self.kind == "docker":

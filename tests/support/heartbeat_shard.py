@@ -1,11 +1,14 @@
 """A control-plane stand-in for the shard: heartbeats and session bookkeeping, no browser.
 
-Used where a test is about the autoscaler (scaling, replacement, leadership), not about sessions:
-it speaks the same Redis schema (docs/redis-schema.md) and the admin endpoints the autoscaler
-calls, so hundreds can run on two cores. Real shards are tested in tests/shard and end to end.
+Used where a test is about the autoscaler (scaling, replacement, leadership), not about sessions.
+It goes through the shard's own registry code (the claim and release scripts, the key builder,
+the heartbeat wire format), so a change to the Redis schema breaks these tests too; and it
+answers the endpoints the autoscaler calls. Hundreds can run on two cores. Real shards are
+tested in tests/shard and end to end.
 
-Run in-process (`HeartbeatShard(...).run()`), as a process (`python heartbeat_shard.py`, settings
-from the same environment variables a real shard reads), or in the test image built from it.
+Run in-process (`HeartbeatShard(...)`, beating when told or on its own with `run()`), as a
+process (`python heartbeat_shard.py`, settings from the environment variables a real shard
+reads), or in the test image built from it.
 """
 
 from __future__ import annotations
@@ -15,12 +18,16 @@ import contextlib
 import os
 import signal
 import sys
-import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
+from shard.registry import Full, OwnedElsewhere, Registry
+
+from chatscale_contract.beat import Beat, ReportedState
+from chatscale_contract.clock import SYSTEM, Clock
+from chatscale_contract.keys import Keys
 
 
 @dataclass
@@ -34,6 +41,9 @@ class Settings:
     capacity: int = 50
     interval: float = 1.0
     timeout: float = 4.0
+    lease: float | None = None
+    """TTL of the heartbeat key in real seconds; default `timeout`. Tests on a fake clock make
+    it long, because Redis expires keys in real time while freshness is judged by `ts`."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -53,89 +63,116 @@ class Settings:
 
 
 class HeartbeatShard:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, clock: Clock = SYSTEM):
         self.s = settings
+        self.clock = clock
         self.redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
-        self.state = "accepting"
-        self.paused = False
-        """Skip heartbeats (a test's way of cutting this shard off from Redis)."""
+        self.registry = Registry(
+            self.redis, Keys(settings.prefix), settings.shard_id, settings.capacity, clock
+        )
+        self.started_at = clock.time()
         self.draining_since: float | None = None
         self.runner: web.AppRunner | None = None
 
-    def key(self, *parts: str) -> str:
-        return self.s.prefix + ":".join(parts)
-
     @property
-    def sessions_key(self) -> str:
-        return self.key("shard", self.s.shard_id, "sessions")
+    def draining(self) -> bool:
+        return self.draining_since is not None
 
     async def beat(self) -> None:
-        sessions = await self.redis.scard(self.sessions_key)
-        state = self.state
-        if state == "accepting" and sessions >= self.s.capacity:
-            state = "full"
-        fields = {
-            "id": self.s.shard_id,
-            "addr": self.s.addr or f"127.0.0.1:{self.s.port}",
-            "state": state,
-            "sessions": sessions,
-            "capacity": self.s.capacity,
-            "memory_bytes": 0,
-            "memory_limit_bytes": 0,
-            "version": "heartbeat-stand-in",
-            "started_at": time.time(),
-            "boot": str(os.getpid()),
-            "ts": time.time(),
-            "draining_since": self.draining_since or "",
-        }
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.key("shard", self.s.shard_id), mapping=fields)
-            pipe.pexpire(self.key("shard", self.s.shard_id), int(self.s.timeout * 1000))
-            pipe.zadd(self.key("shards"), {self.s.shard_id: time.time()})
-            await pipe.execute()
+        sessions = len(await self.registry.owned())
+        state = ReportedState.ACCEPTING
+        if self.draining:
+            state = ReportedState.DRAINING
+        elif sessions >= self.s.capacity:
+            state = ReportedState.FULL
+        beat = Beat(
+            id=self.s.shard_id,
+            addr=self.s.addr or f"127.0.0.1:{self.s.port}",
+            state=state,
+            sessions=sessions,
+            capacity=self.s.capacity,
+            memory_bytes=0,
+            memory_limit_bytes=0,
+            ts=self.clock.time(),
+            boot=str(os.getpid()),
+            version="heartbeat-stand-in",
+            started_at=self.started_at,
+            draining_since=self.draining_since,
+        )
+        await self.registry.beat(beat, ttl=self.s.lease or self.s.timeout)
+
+    # --- sessions, through the registry's scripts --------------------------------------------
+
+    async def create(self, sid: str) -> bool:
+        """Claim `sid` here as a real shard would; False (and demand recorded) if full."""
+        if self.draining:
+            return False
+        try:
+            await self.registry.claim(sid)
+        except Full:
+            await self.registry.mark_pending(sid)
+            return False
+        except OwnedElsewhere:
+            return False
+        return True
+
+    async def end(self, sid: str) -> None:
+        """The session is deleted by its user: forgotten, its slot free."""
+        token = int((await self.registry.record(sid)).get("token", 0))
+        await self.registry.forget(sid, token)
+
+    async def end_all(self) -> None:
+        for sid in await self.registry.owned():
+            await self.end(sid)
+
+    async def release_all(self) -> None:
+        """Hand every session back as an orphan (what a draining shard does when no other shard
+        adopts it directly); the autoscaler then places them on shards with room."""
+        for sid in await self.registry.owned():
+            token = int((await self.registry.record(sid)).get("token", 0))
+            await self.registry.release(sid, token, keep_running=True)
+
+    # --- the endpoints the autoscaler calls ---------------------------------------------------
 
     async def put_session(self, request: web.Request) -> web.Response:
         sid = request.match_info["id"]
-        if self.state == "draining":
+        if self.draining:
             return web.json_response({"error": "draining"}, status=503)
-        if await self.redis.scard(self.sessions_key) >= self.s.capacity:
-            return web.json_response({"error": "full"}, status=503)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.sadd(self.sessions_key, sid)
-            pipe.srem(self.key("orphans"), sid)
-            pipe.hset(
-                self.key("session", sid), mapping={"owner": self.s.shard_id, "desired": "running"}
-            )
-            await pipe.execute()
+        if not await self.create(sid):
+            return web.json_response({"error": "full or owned elsewhere"}, status=503)
         return web.json_response({"id": sid, "shard": self.s.shard_id}, status=201)
 
+    async def delete_session(self, request: web.Request) -> web.Response:
+        sid = request.match_info["id"]
+        if sid not in await self.registry.owned():
+            return web.json_response({"error": f"no session {sid!r} here"}, status=404)
+        await self.end(sid)
+        return web.json_response({"id": sid, "deleted": True})
+
     async def drain(self, request: web.Request) -> web.Response:
-        """Like a real shard: stop accepting and hand every session off (here: release them
-        as orphans, which the autoscaler then places on shards with room)."""
-        self.state, self.draining_since = "draining", time.time()
-        for sid in await self.redis.smembers(self.sessions_key):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.srem(self.sessions_key, sid)
-                pipe.sadd(self.key("orphans"), sid)
-                pipe.hset(self.key("session", sid), "owner", "")
-                await pipe.execute()
+        self.draining_since = self.clock.time()
+        await self.release_all()
         await self.beat()
-        return web.json_response({"state": self.state}, status=202)
+        return web.json_response({"state": "draining"}, status=202)
 
     async def undrain(self, request: web.Request) -> web.Response:
-        self.state, self.draining_since = "accepting", None
+        self.draining_since = None
         await self.beat()
-        return web.json_response({"state": self.state})
+        return web.json_response({"state": "accepting"})
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "shard": self.s.shard_id})
 
+    # --- lifecycle ----------------------------------------------------------------------------
+
     async def start(self) -> None:
+        """Serve the endpoints and send the first heartbeat, as a shard does when it boots."""
         app = web.Application()
         app.add_routes(
             [
                 web.get("/health", self.health),
                 web.put("/api/sessions/{id}", self.put_session),
+                web.delete("/api/sessions/{id}", self.delete_session),
                 web.post("/admin/drain", self.drain),
                 web.post("/admin/undrain", self.undrain),
             ]
@@ -143,26 +180,30 @@ class HeartbeatShard:
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, self.s.host, self.s.port).start()
+        with contextlib.suppress(OSError, RedisError):
+            await self.beat()
 
-    async def run(self) -> None:
-        """Serve and beat until cancelled (a crash: the heartbeat just stops)."""
-        await self.start()
-        try:
-            while True:
-                with contextlib.suppress(OSError, RedisError):
-                    if not self.paused:
-                        await self.beat()
-                await asyncio.sleep(self.s.interval)
-        finally:
-            if self.runner is not None:
-                await self.runner.cleanup()
-            await self.redis.aclose()
+    async def stop(self) -> None:
+        """The process ends: the server closes; the heartbeat key stays until its lease lapses."""
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+        await self.redis.aclose()
 
     async def withdraw(self) -> None:
         """A clean exit: remove the heartbeat so nobody waits for it to expire."""
-        client = aioredis.Redis.from_url(self.s.redis_url)
-        await client.delete(self.key("shard", self.s.shard_id))
-        await client.aclose()
+        await self.registry.withdraw()
+
+    async def run(self) -> None:
+        """Serve and beat on the interval until cancelled (a crash: the heartbeat just stops)."""
+        await self.start()
+        try:
+            while True:
+                await self.clock.sleep(self.s.interval)
+                with contextlib.suppress(OSError, RedisError):
+                    await self.beat()
+        finally:
+            await self.stop()
 
 
 async def main() -> int:
@@ -176,7 +217,9 @@ async def main() -> int:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    await shard.withdraw()
+    client = aioredis.Redis.from_url(shard.s.redis_url, decode_responses=True)
+    await client.delete(Keys(shard.s.prefix).shard(shard.s.shard_id))
+    await client.aclose()
     return 0
 
 

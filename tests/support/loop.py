@@ -1,25 +1,33 @@
-"""Helpers for driving the control loop in tests (real Redis, in-memory runtime)."""
+"""Driving the control loop in tests: real Redis, an in-memory runtime, and a fake clock.
+
+A pass is `step`: every running stand-in shard beats, the daemon reconciles, and the clock moves
+on by one reconcile interval. Nothing waits on real time, so a 300-second stabilization window
+costs a few hundred fast passes, not five minutes.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import time
+import contextlib
+import inspect
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from autoscaler.config import Config
-from autoscaler.daemon import Daemon
-from autoscaler.keys import Keys
+from autoscaler.loop.daemon import Daemon, Decision
+from chatscale_contract.config import Config
+from chatscale_contract.keys import Keys
+from support.clock import FakeClock
 from support.memruntime import MemoryRuntime
 
 KEYS = Keys("cs:")
 CAPACITY = 5
+Check = Callable[[], bool | Awaitable[bool]]
 
 
 def make_config(redis_url: str, **policy: Any) -> Config:
-    """Small, fast settings: 5 sessions per shard, heartbeats every 0.2 s."""
+    """Small settings: 5 sessions per shard, heartbeats every 0.2 s (fake time)."""
     return Config.model_validate(
         {
             "redis": {"url": redis_url},
@@ -33,60 +41,75 @@ def make_config(redis_url: str, **policy: Any) -> Config:
                 "scale_down": {"stabilization": 2, "max_step": 1},
                 **policy,
             },
-            "reconcile": {"interval": 0.3, "leader_ttl": 1.5},
+            # The lock's TTL runs in Redis, in real time; a test that needs it to lapse says so
+            # (`lapse_leader_lock`), so it is long enough never to lapse on a slow machine.
+            "reconcile": {"interval": 0.3, "leader_ttl": 30},
             "nginx": {"enabled": False},
         }
     )
 
 
-async def open_daemon(
-    opened: list[Daemon],
-    config: Config,
-    runtime: MemoryRuntime,
-    holder: str = "test-a",
-    **kwargs: Any,
-) -> Daemon:
-    daemon = Daemon(config, runtime=runtime, holder=holder, **kwargs)
-    await daemon.open()
-    opened.append(daemon)
-    return daemon
+@dataclass
+class Loop:
+    """One test's control loop: its clock, runtime and daemons (closed when the test ends)."""
 
+    redis_url: str
+    client: aioredis.Redis
+    clock: FakeClock
+    runtime: MemoryRuntime
+    stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
-async def converge(
-    daemon: Daemon, check: Callable[[], Awaitable[bool]], timeout: float = 15, what: str = ""
-) -> None:
-    """Run passes until `check` holds (as the interval job would)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        await daemon.reconcile()
-        if await check():
-            return
-        if time.monotonic() > deadline:
-            last = daemon.state.decisions[0] if daemon.state.decisions else None
-            detail = f"last plan: {last.plan}, events {last.events}" if last else "no pass"
-            raise TimeoutError(f"did not converge: {what or check}; {detail}")
-        await asyncio.sleep(0.2)
+    async def daemon(
+        self, config: Config, holder: str = "test-a", runtime: Any = None, **kwargs: Any
+    ) -> Daemon:
+        daemon = Daemon(
+            config, runtime=runtime or self.runtime, holder=holder, clock=self.clock, **kwargs
+        )
+        return await self.stack.enter_async_context(daemon)
 
+    async def step(self, daemon: Daemon) -> Decision:
+        """One reconcile interval: the shards beat, the daemon passes, time moves on."""
+        await self.runtime.beat()
+        decision = await daemon.reconcile()
+        assert decision is not None, f"the pass failed: {daemon.state.last_error}"
+        self.clock.advance(daemon.config.reconcile.interval)
+        return decision
 
-async def place(client: aioredis.Redis, runtime: MemoryRuntime, sessions: list[str]) -> list[str]:
-    """Put sessions on running shards with room, as shards would; the rest become pending
-    demand (refused creates). Returns the ids left pending."""
-    left = []
-    for sid in sessions:
-        for shard_id in runtime.running():
-            key = KEYS.shard_sessions(shard_id)
-            if runtime.shards[shard_id].shard.state == "accepting" and (
-                await client.scard(key) < CAPACITY
-            ):
-                await client.sadd(key, sid)
-                await client.hset(KEYS.session(sid), mapping={"owner": shard_id})
-                await client.zrem(KEYS.pending, sid)  # as the claim script does
-                break
-        else:
-            left.append(sid)
-            await client.zadd(KEYS.pending, {sid: time.time()})
-    return left
+    async def converge(
+        self, daemon: Daemon, check: Check, what: str = "", passes: int = 200
+    ) -> Decision:
+        """Run passes until `check` holds; fail naming `what` and the last plan otherwise."""
+        for _ in range(passes):
+            decision = await self.step(daemon)
+            result = check()
+            if await result if inspect.isawaitable(result) else result:
+                return decision
+        last = daemon.state.decisions[0] if daemon.state.decisions else None
+        detail = f"last plan: {last.plan}, events {last.events}" if last else "no pass"
+        raise AssertionError(f"did not converge in {passes} passes: {what}; {detail}")
 
+    async def place(self, sessions: list[str]) -> list[str]:
+        """Create sessions on running shards with room, through the stand-ins' claim script;
+        the rest are refused and recorded as demand. Returns the refused ids."""
+        refused = []
+        for sid in sessions:
+            for shard_id in self.runtime.running():
+                if await self.runtime.shard(shard_id).create(sid):
+                    break
+            else:
+                refused.append(sid)
+        return refused
 
-async def owned(client: aioredis.Redis, shard_id: str) -> int:
-    return int(await client.scard(KEYS.shard_sessions(shard_id)))
+    async def owned(self, shard_id: str) -> int:
+        return int(await self.client.scard(KEYS.shard_sessions(shard_id)))
+
+    async def beating(self, count: int) -> bool:
+        """`count` shards run and each has a heartbeat in Redis."""
+        running = self.runtime.running()
+        present = [await self.client.exists(KEYS.shard(s)) for s in running]
+        return len(running) == count and all(present)
+
+    async def lapse_leader_lock(self) -> None:
+        """The leader died and its lock's TTL ran out (Redis keeps real time, so the test ends
+        the TTL rather than waiting for it)."""
+        await self.client.delete(KEYS.leader)

@@ -1,40 +1,46 @@
-"""An in-memory Runtime for loop tests: "containers" are HeartbeatShard tasks in this process.
+"""An in-memory Runtime for loop tests: "containers" are HeartbeatShards in this process.
 
 This implements the project's own Runtime protocol (allowed for testing the control loop); the
-real runtimes are tested against a real Docker engine and real processes.
+real runtimes are tested against a real Docker engine and real processes. The stand-ins run on
+the test's fake clock and beat when the test says so (`beat`), so a test decides exactly how
+much time passes between two reconcile passes.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
 from dataclasses import dataclass, field
 
-from autoscaler.runtime import RuntimeFailure, ShardInstance
+from autoscaler.runtimes.base import RuntimeFailure, ShardInstance
+from chatscale_contract.clock import Clock
+from chatscale_contract.config import Config
 from support.heartbeat_shard import HeartbeatShard, Settings
 from support.procs import free_port
+
+LEASE = 600.0
+"""Real seconds a stand-in's heartbeat key lives: Redis expires keys in real time, while the
+loop judges freshness by the fake clock; a crash ends the lease at once (see `crash`)."""
 
 
 @dataclass
 class _Shard:
     instance: ShardInstance
     shard: HeartbeatShard
-    task: asyncio.Task[None]
 
 
 @dataclass
 class MemoryRuntime:
     redis_url: str
+    clock: Clock
     capacity: int = 5
-    interval: float = 0.2
-    timeout: float = 1.0
     shards: dict[str, _Shard] = field(default_factory=dict)
     starts: list[str] = field(default_factory=list)
     stops: list[str] = field(default_factory=list)
     fail_starts: bool = False
+    fail_lists: bool = False
 
     async def list_shards(self) -> list[ShardInstance]:
+        if self.fail_lists:
+            raise RuntimeFailure("injected list failure")
         return [s.instance for s in self.shards.values()]
 
     async def inspect(self, shard_id: str) -> ShardInstance | None:
@@ -49,19 +55,14 @@ class MemoryRuntime:
             return entry.instance
         self.starts.append(shard_id)
         port = free_port()
+        addr = f"127.0.0.1:{port}"
         settings = Settings(
-            shard_id,
-            port,
-            addr=f"127.0.0.1:{port}",
-            redis_url=self.redis_url,
-            capacity=self.capacity,
-            interval=self.interval,
-            timeout=self.timeout,
+            shard_id, port, addr=addr, redis_url=self.redis_url, capacity=self.capacity, lease=LEASE
         )
-        shard = HeartbeatShard(settings)
-        task = asyncio.create_task(shard.run())
-        instance = ShardInstance(shard_id, True, time.time(), f"127.0.0.1:{port}")
-        self.shards[shard_id] = _Shard(instance, shard, task)
+        shard = HeartbeatShard(settings, self.clock)
+        await shard.start()
+        instance = ShardInstance(shard_id, True, self.clock.time(), addr)
+        self.shards[shard_id] = _Shard(instance, shard)
         return instance
 
     async def stop(self, shard_id: str, timeout: float) -> None:
@@ -69,32 +70,39 @@ class MemoryRuntime:
         if entry is None:
             return
         self.stops.append(shard_id)
-        await self._end(entry)
-        await entry.shard.withdraw()
+        if entry.instance.running:  # a crashed one has stopped already
+            await entry.shard.withdraw()
+            await entry.shard.stop()
 
-    def reconfigure(self, config: object) -> None:
+    def reconfigure(self, config: Config) -> None:
         """The in-memory shards take no settings from the config."""
 
     async def signal(self, shard_id: str, signum: int) -> None:
         raise RuntimeFailure("signals are not modelled")
 
+    async def beat(self) -> None:
+        """Every running stand-in sends a heartbeat, as each does once per interval."""
+        for entry in self.shards.values():
+            if entry.instance.running:
+                await entry.shard.beat()
+
+    def shard(self, shard_id: str) -> HeartbeatShard:
+        return self.shards[shard_id].shard
+
     async def crash(self, shard_id: str) -> None:
-        """Like SIGKILL: the shard stops beating but its "container" stays, exited."""
+        """Like SIGKILL: the shard stops beating and its "container" stays, exited. Its lease
+        ends at once (in real Redis it would lapse after the heartbeat timeout)."""
         entry = self.shards[shard_id]
-        await self._end(entry)
+        await entry.shard.withdraw()
+        await entry.shard.stop()
         old = entry.instance
         entry.instance = ShardInstance(old.shard_id, False, old.started_at, old.addr)
 
     async def close(self) -> None:
         for entry in list(self.shards.values()):
-            await self._end(entry)
+            if entry.instance.running:
+                await entry.shard.stop()
         self.shards.clear()
-
-    @staticmethod
-    async def _end(entry: _Shard) -> None:
-        entry.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await entry.task
 
     def running(self) -> list[str]:
         return sorted(k for k, v in self.shards.items() if v.instance.running)

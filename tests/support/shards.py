@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from autoscaler import proctree
+from chatscale_contract import proctree
 from support.procs import free_port, kill_group, port_open, start, wait_for
 
 API_KEY = "test-key"

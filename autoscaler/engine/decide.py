@@ -1,0 +1,238 @@
+"""The scaling decision: `decide(observed, policy, history, now) -> Plan`.
+
+Purely computational, no side effects: the same inputs always give the same plan, so every rule is
+tested with tables and properties and replayed against traces by `autoscaler simulate`. The daemon
+does the I/O before (observe) and after (act).
+
+Rules, in the order they apply:
+1. Stale or missing data: hold. Nothing is started, drained or stopped on a guess.
+2. Requirement: ceil((used slots + sessions waiting for room + buffer) / (max_sessions x
+   target_utilization)), where a shard over the memory watermark uses all its slots; a memory
+   requirement from the average session size is computed too, and the larger wins. Bounded to
+   [min_shards raised by open schedules, max_shards].
+3. Stabilization: up to the lowest recommendation of the scale-up window (0 s: at once), down only
+   to the highest recommendation of the scale-down window, and only once history covers it.
+4. Actions: replace dead shards; cancel drains before starting new shards; scale down by draining
+   the emptiest shards (stop only empty ones); stop draining shards once empty.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from autoscaler.engine.model import (
+    Action,
+    ActionKind,
+    History,
+    Observed,
+    Plan,
+    ShardState,
+    ShardView,
+)
+from autoscaler.engine.schedules import raised_floor
+from chatscale_contract.config import Policy
+from chatscale_contract.ids import shard_id, shard_number
+
+_EPS = 1e-9
+
+
+def _ceil(x: float) -> int:
+    # Guard against 2.0000000001 becoming 3 through float division.
+    return max(0, math.ceil(x - _EPS))
+
+
+@dataclass(frozen=True)
+class Requirement:
+    shards: int
+    reasons: tuple[str, ...]
+
+
+def requirement(observed: Observed, policy: Policy) -> Requirement:
+    """Shards needed for the current load, before bounds and stabilization."""
+    max_sessions = observed.max_sessions
+    sessions = observed.sessions + observed.pending
+    buffer = max(policy.buffer.slots, _ceil(sessions * policy.buffer.percent / 100))
+    hot = policy.memory_high_watermark * observed.memory_limit_bytes
+    full_by_memory = [s for s in observed.shards if hot > 0 and s.memory_bytes >= hot]
+    used = sessions + sum(
+        max_sessions - s.sessions for s in full_by_memory if s.sessions < max_sessions
+    )
+    per_shard = max_sessions * policy.target_utilization
+    by_sessions = _ceil((used + buffer) / per_shard)
+    waiting = f" (incl. {observed.pending} waiting for room)" if observed.pending else ""
+    reasons = [
+        f"{sessions} sessions{waiting} + {buffer} buffer"
+        + (
+            f" ({len(full_by_memory)} shard(s) full by memory count as full)"
+            if full_by_memory
+            else ""
+        )
+        + f" need {by_sessions} shard(s) at {per_shard:g} sessions each"
+    ]
+    by_memory = _memory_requirement(observed, policy, sessions + buffer)
+    if by_memory > by_sessions:
+        reasons.append(f"memory needs {by_memory} shard(s) (larger requirement wins)")
+    return Requirement(max(by_sessions, by_memory), tuple(reasons))
+
+
+def _memory_requirement(observed: Observed, policy: Policy, demand_sessions: int) -> int:
+    """Shards needed so that the average session size times demand stays under the watermark."""
+    measured = [s for s in observed.shards if s.state == ShardState.READY and s.memory_bytes > 0]
+    sessions = sum(s.sessions for s in measured)
+    if observed.memory_limit_bytes <= 0 or sessions == 0:
+        return 0
+    per_session = sum(s.memory_bytes for s in measured) / sessions
+    usable = observed.memory_limit_bytes * policy.memory_high_watermark
+    return _ceil(demand_sessions * per_session / usable)
+
+
+def bounded(need: int, policy: Policy, now: float) -> tuple[int, list[str]]:
+    """Clamp to [min_shards raised by open schedules, max_shards], saying why when it clamps."""
+    floor, schedule = raised_floor(policy.min_shards, policy.schedules, now)
+    if need < floor:
+        source = f"schedule {schedule!r}" if schedule else "min_shards"
+        return floor, [f"raised to {floor} by {source}"]
+    if need > policy.max_shards:
+        return policy.max_shards, [f"capped at max_shards {policy.max_shards} (needed {need})"]
+    return need, []
+
+
+def stabilized(
+    recommendation: int, current: int, policy: Policy, history: History, now: float
+) -> tuple[int, list[str]]:
+    """The count to converge to now, damped by the stabilization windows."""
+    if recommendation > current:
+        window = policy.scale_up.stabilization
+        lowest = min([*history.within(now, window), recommendation]) if window else recommendation
+        if lowest > current:
+            return lowest, []
+        return current, [f"scale-up to {recommendation} waits for its {window:g} s window"]
+    if recommendation < current:
+        window = policy.scale_down.stabilization
+        if now - history.started_at < window:
+            return current, [f"no scale-down until {window:g} s of history exist"]
+        highest = max([*history.within(now, window), recommendation])
+        if highest < current:
+            return highest, [f"highest recommendation over {window:g} s is {highest}"]
+        return current, [f"scale-down held: recommendation was {highest} within {window:g} s"]
+    return current, []
+
+
+def decide(observed: Observed, policy: Policy, history: History, now: float) -> Plan:
+    """Plan the fleet for this moment. Purely computational, no side effects."""
+    groups = _group(observed.shards)
+    dead, draining = groups[ShardState.DEAD], groups[ShardState.DRAINING]
+    live = groups[ShardState.STARTING] + groups[ShardState.READY]
+    current = len(live) + len(dead)
+    if not observed.fresh:
+        reason = f"holding: data is stale ({observed.stale_reason or 'unknown reason'})"
+        return Plan(current, current, current, reasons=(reason,), held=True)
+    need = requirement(observed, policy)
+    recommendation, bound_reasons = bounded(need.shards, policy, now)
+    desired, stable_reasons = stabilized(recommendation, current, policy, history, now)
+    # Bounds are hard: a floor raised by a schedule, or a lowered max_shards, applies at once
+    # whatever the stabilization windows say.
+    desired = min(max(desired, bounded(0, policy, now)[0]), policy.max_shards)
+    taken = {shard_number(s.id) for s in observed.shards}
+    grow = _grow(draining, desired - current, policy, taken)
+    cancelled = {a.shard_id for a in grow if a.kind == ActionKind.CANCEL_DRAIN}
+    # While a dead shard is being brought back (or its replacement, still starting, restores
+    # its sessions) those sessions are in flight; shrinking now would move them twice.
+    recovering = dead + [s for s in groups[ShardState.STARTING] if s.sessions > 0]
+    shrink = [] if recovering else _shrink(live, current - desired, policy)
+    # Replacements are bounded like starts: a whole fleet silent at once more likely means a
+    # problem on our side than that many crashes, and a bounded pace limits the damage.
+    replace = dead[: policy.scale_up.max_step]
+    actions = [
+        *(Action(ActionKind.REPLACE, s.id, _dead_reason(s)) for s in replace),
+        *grow,
+        *shrink,
+        *_finish_drains(draining, skip=cancelled),
+    ]
+    reasons = (*need.reasons, *bound_reasons, *stable_reasons, *_overdue(draining, policy, now))
+    if desired < current and recovering:
+        reasons = (*reasons, "scale-down waits until replaced shards have their sessions back")
+    if len(dead) > len(replace):
+        reasons = (*reasons, f"{len(dead) - len(replace)} more dead shard(s) replaced next pass")
+    return Plan(desired, recommendation, current, tuple(actions), reasons)
+
+
+def _group(shards: tuple[ShardView, ...]) -> dict[ShardState, list[ShardView]]:
+    """Shards by state, each list in shard-number order (so plans are deterministic)."""
+    groups: dict[ShardState, list[ShardView]] = {state: [] for state in ShardState}
+    for shard in sorted(shards, key=lambda s: shard_number(s.id)):
+        groups[shard.state].append(shard)
+    return groups
+
+
+def _dead_reason(shard: ShardView) -> str:
+    age = (
+        "no heartbeat"
+        if shard.heartbeat_age is None
+        else f"heartbeat {shard.heartbeat_age:.0f} s old"
+    )
+    return f"dead ({age}); same id so its {shard.sessions} session(s) come back"
+
+
+def _grow(draining: list[ShardView], deficit: int, policy: Policy, taken: set[int]) -> list[Action]:
+    """Cancel drains first (their shards are warm and hold sessions), then start new shards."""
+    if deficit <= 0:
+        return []
+    fullest_first = sorted(draining, key=lambda s: -s.sessions)
+    actions = [
+        Action(
+            ActionKind.CANCEL_DRAIN, s.id, "load returned; cancelling a drain beats a cold start"
+        )
+        for s in fullest_first[:deficit]
+    ]
+    starts = min(deficit - len(actions), policy.scale_up.max_step)
+    for number in _free_numbers(taken, starts):
+        actions.append(Action(ActionKind.START, shard_id(number), f"scale up by {deficit}"))
+    return actions
+
+
+def _free_numbers(taken: set[int], count: int) -> list[int]:
+    """The lowest shard numbers not in use, so ids (and their nginx names) get reused."""
+    numbers: list[int] = []
+    candidate = 1
+    while len(numbers) < count:
+        if candidate not in taken:
+            numbers.append(candidate)
+        candidate += 1
+    return numbers
+
+
+def _shrink(live: list[ShardView], surplus: int, policy: Policy) -> list[Action]:
+    """Retire the emptiest live shards: stop empty ones, drain the rest. Never stop a busy one."""
+    if surplus <= 0:
+        return []
+    # Among equally empty shards the highest number goes first.
+    candidates = sorted(live, key=lambda s: (s.sessions, -shard_number(s.id)))
+    actions = []
+    for shard in candidates[: min(surplus, policy.scale_down.max_step)]:
+        if shard.sessions == 0:
+            actions.append(Action(ActionKind.STOP, shard.id, "scale down: empty shard"))
+        else:
+            reason = f"scale down: emptiest shard ({shard.sessions} sessions) moves them away"
+            actions.append(Action(ActionKind.DRAIN, shard.id, reason))
+    return actions
+
+
+def _finish_drains(draining: list[ShardView], skip: set[str]) -> list[Action]:
+    return [
+        Action(ActionKind.STOP, s.id, "drain complete: no sessions left")
+        for s in draining
+        if s.sessions == 0 and s.id not in skip
+    ]
+
+
+def _overdue(draining: list[ShardView], policy: Policy, now: float) -> list[str]:
+    return [
+        f"drain of {s.id} overdue: {s.sessions} session(s) left after {policy.drain_deadline:g} s;"
+        " it keeps its sessions until they move"
+        for s in draining
+        if s.sessions > 0
+        and s.draining_since is not None
+        and now - s.draining_since > policy.drain_deadline
+    ]

@@ -1,0 +1,226 @@
+"""The status page (HTML, no external assets), JSON status, Prometheus metrics and health.
+
+Everything shown comes from the daemon's last observation and decisions; nothing here does
+scaling work, so the page stays responsive whatever the fleet is doing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from autoscaler.engine.model import ShardState
+from autoscaler.loop.daemon import Daemon, Decision
+from chatscale_contract.ids import InvalidSessionId, check_session_id
+
+log = logging.getLogger(__name__)
+DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+_OPEN = {"/healthz"}
+
+
+def init_app(daemon: Daemon) -> web.Application:
+    app = web.Application(middlewares=[_json_errors, _token])
+    app[DAEMON] = daemon
+    app.add_routes(
+        [
+            web.get("/", page),
+            web.get("/api/status", status_json),
+            web.get("/api/route", route_json),
+            web.get("/metrics", metrics),
+            web.get("/healthz", healthz),
+        ]
+    )
+    return app
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own errors (404, 405) and crashes as JSON, like every other error here."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.json_response({"error": exc.reason, "status": exc.status}, status=exc.status)
+    except Exception:
+        log.exception("status request %s failed", request.path)
+        return web.json_response({"error": "internal error", "status": 500}, status=500)
+
+
+@web.middleware
+async def _token(request: web.Request, handler: Any) -> web.StreamResponse:
+    token = request.app[DAEMON].config.status.token
+    if token and request.path not in _OPEN:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        given = given or request.query.get("token", "")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return web.json_response({"error": "missing or wrong token", "status": 401}, status=401)
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
+def status(daemon: Daemon) -> dict[str, Any]:
+    """The whole status as plain data (the HTML page renders this same dict)."""
+    state, config = daemon.state, daemon.config
+    observed = state.observed
+    shards = _shards(daemon)
+    front = daemon.front
+    return {
+        "now": daemon.clock.time(),
+        "holder": daemon.holder,
+        "leader": state.leader,
+        "dry_run": config.policy.dry_run,
+        "config_error": state.config_error or None,
+        "last_error": state.last_error or None,
+        "fleet": {
+            "shards": len(shards),
+            "desired": state.decisions[0].plan.desired if state.decisions else None,
+            "sessions": observed.sessions if observed else 0,
+            "pending": observed.pending if observed else 0,
+            "capacity": observed.capacity if observed else 0,
+            "data_fresh": observed.fresh if observed else False,
+            "stale_reason": (observed.stale_reason or None) if observed else None,
+        },
+        "policy": {
+            "min_shards": config.policy.min_shards,
+            "max_shards": config.policy.max_shards,
+            "max_sessions": config.shard.max_sessions,
+            "memory_limit": config.shard.memory_limit,
+        },
+        "shards": shards,
+        "decisions": [_decision(d) for d in list(state.decisions)[:20]],
+        "nginx": {
+            "enabled": config.nginx.enabled,
+            "applied_version": front.applied.version if front.applied else None,
+            "wanted_version": front.table.version if front.table else None,
+            "exceptions": len(front.table.exceptions) if front.table else 0,
+            "error": front.error or None,
+        },
+    }
+
+
+def _shards(daemon: Daemon) -> list[dict[str, Any]]:
+    fleet, observed = daemon.state.fleet, daemon.state.observed
+    if fleet is None or observed is None:
+        return []
+    rows = []
+    for view in observed.shards:
+        beat = fleet.beats.get(view.id)
+        instance = fleet.instances.get(view.id)
+        rows.append(
+            {
+                "id": view.id,
+                "state": view.state.value,
+                "reported": beat.state if beat else None,
+                "sessions": view.sessions,
+                "capacity": beat.capacity if beat else daemon.config.shard.max_sessions,
+                "memory_bytes": view.memory_bytes,
+                "memory_limit_bytes": (beat.memory_limit_bytes if beat else 0)
+                or (instance.memory_limit_bytes if instance else 0),
+                "heartbeat_age": None
+                if view.heartbeat_age is None
+                else round(view.heartbeat_age, 1),
+                "addr": beat.addr if beat else (instance.addr if instance else None),
+                "runtime": instance.detail if instance else "missing",
+                # Started with other shard settings than the running config (until replaced).
+                "outdated": bool(
+                    instance
+                    and instance.config_hash
+                    and instance.config_hash != daemon.config.fingerprint()
+                ),
+            }
+        )
+    return rows
+
+
+def _decision(decision: Decision) -> dict[str, Any]:
+    plan = decision.plan
+    return {
+        "ts": decision.ts,
+        "leader": decision.leader,
+        "desired": plan.desired,
+        "current": plan.current,
+        "recommendation": plan.recommendation,
+        "held": plan.held,
+        "actions": [str(a) for a in plan.actions],
+        "reasons": list(plan.reasons),
+        "outcomes": [f"{e.kind} {e.shard}: {e.outcome}" for e in decision.events],
+        "duration_ms": round(decision.duration * 1000, 1),
+    }
+
+
+def route(daemon: Daemon, session_id: str) -> dict[str, Any]:
+    """Which shard a session id reaches, as nginx (the applied table) and the registry say."""
+    table = daemon.front.applied or daemon.front.table
+    fleet = daemon.state.fleet
+    ring_owner = table.ring().owner(session_id) if table else None
+    exception = table.exceptions.get(session_id) if table else None
+    return {
+        "session": session_id,
+        "ring_owner": ring_owner,
+        "exception": exception,
+        "routes_to": exception or ring_owner,
+        "registry_owner": fleet.owners.get(session_id) if fleet else None,
+    }
+
+
+async def page(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    data = status(daemon)
+    lookup = None
+    if "session" in request.query:
+        try:
+            lookup = route(daemon, check_session_id(request.query["session"]))
+        except InvalidSessionId as exc:
+            lookup = {"error": str(exc), "session": request.query["session"]}
+    try:
+        events = [e.as_dict() for e in await daemon.events.recent(30)]
+    except RedisError as exc:
+        events = [{"kind": "error", "shard": "", "reason": str(exc), "outcome": "", "ts": 0}]
+    html = _TEMPLATES.get_template("status.html.j2").render(
+        s=data, events=events, lookup=lookup, states=[s.value for s in ShardState]
+    )
+    return web.Response(text=html, content_type="text/html")
+
+
+async def status_json(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    data = status(daemon)
+    try:
+        data["events"] = [e.as_dict() for e in await daemon.events.recent(50)]
+    except RedisError as exc:
+        data["events"] = []
+        data["events_error"] = str(exc)
+    return web.json_response(data)
+
+
+async def route_json(request: web.Request) -> web.Response:
+    raw = request.query.get("session", "")
+    try:
+        sid = check_session_id(raw)
+    except InvalidSessionId as exc:
+        return web.json_response({"error": str(exc), "status": 400}, status=400)
+    return web.json_response(route(request.app[DAEMON], sid))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[DAEMON].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    return web.json_response({"status": "ok", "leader": daemon.state.leader})

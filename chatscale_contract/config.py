@@ -1,0 +1,295 @@
+"""Typed, frozen configuration: every policy and setting of the autoscaler and its shards.
+
+Models only; reading YAML, environment overrides and error reporting live in `configload`.
+Purely computational, no side effects.
+Every model forbids unknown keys so that a typo fails loudly instead of silently keeping a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationInfo,
+    model_validator,
+)
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)b?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(text: str | int) -> int:
+    """Turn a Docker-style size ("10g", "512m", 1024) into bytes. Purely computational."""
+    if isinstance(text, int):
+        if text <= 0:
+            raise ValueError("size must be positive")
+        return text
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a size such as '10g', '512m' or a number of bytes")
+    value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if value <= 0:
+        raise ValueError("size must be positive")
+    return value
+
+
+def _check_size(value: str | int) -> str | int:
+    parse_size(value)
+    return value
+
+
+Size = Annotated[str | int, AfterValidator(_check_size)]
+Fraction = Annotated[float, Field(gt=0, le=1)]
+
+
+CRON_CHECK = "cron_check"
+"""Validation-context key under which a caller passes a check of cron expressions: a callable
+that raises ValueError for a bad one. The autoscaler passes APScheduler's parser (the one that
+will run the schedule); without it only the shape is checked, so the shards need no APScheduler."""
+
+
+def _check_cron(expr: str, info: ValidationInfo) -> str:
+    if len(expr.split()) != 5:
+        raise ValueError(f"invalid cron expression {expr!r}: needs 5 fields")
+    check = (info.context or {}).get(CRON_CHECK)
+    if check is not None:
+        check(expr)
+    return expr
+
+
+def _check_timezone(name: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}") from exc
+    return name
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class RedisSettings(Frozen):
+    url: str = "redis://127.0.0.1:6379/0"
+    """Redis holding heartbeats, the session registry, snapshots and events. Env: REDIS_URL."""
+    key_prefix: str = Field(default="cs:", pattern=r"^[A-Za-z0-9:_.-]*$")
+    """Prefix of every key this system writes, so several fleets can share one Redis."""
+
+
+class ShardSettings(Frozen):
+    image: str = "chatscale-shard:latest"
+    """Image the Docker runtime starts for each shard."""
+    max_sessions: PositiveInt = 50
+    """Sessions one shard may hold; the shard refuses the next one (503)."""
+    memory_limit: Size = "10g"
+    """Hard memory limit of each shard container (Docker `--memory`)."""
+    cpus: PositiveFloat = 2.0
+    """CPU limit of each shard container (Docker `--cpus`)."""
+    shm_size: Size = "1g"
+    """/dev/shm of each shard container; Chromium needs more than Docker's 64 MB default."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment variables for every shard (e.g. API_KEY, WHATSAPP_URL)."""
+    network: str | None = None
+    """Docker network shards join; nginx must be on it too. None: Docker's default bridge."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Extra Docker labels on every shard container (e.g. compose's project label, so that
+    `docker compose down --remove-orphans` removes shards too). chatscale.* labels are reserved."""
+    port: int = Field(default=8000, ge=1, le=65535)
+    """Port the shard service listens on inside its container."""
+    stop_timeout: PositiveInt = 60
+    """Seconds a stopping shard gets to snapshot its sessions before it is killed."""
+    boot_timeout: PositiveInt = 90
+    """Seconds a new shard may take to send its first heartbeat before it counts as dead."""
+
+
+class HeartbeatSettings(Frozen):
+    interval: PositiveFloat = 5.0
+    """Seconds between two heartbeats of a shard."""
+    timeout: PositiveFloat = 20.0
+    """A shard whose last heartbeat is older than this is dead and gets replaced."""
+
+    @model_validator(mode="after")
+    def _timeout_exceeds_interval(self) -> HeartbeatSettings:
+        if self.timeout <= 2 * self.interval:
+            raise ValueError("timeout must be more than twice the interval, or one late beat kills")
+        return self
+
+
+class ScaleUp(Frozen):
+    max_step: PositiveInt = 4
+    """Most shards started in one reconcile pass."""
+    stabilization: float = Field(default=0.0, ge=0)
+    """Seconds a higher recommendation must hold before scaling up (0: at once)."""
+
+
+class ScaleDown(Frozen):
+    stabilization: float = Field(default=300.0, ge=0)
+    """Scale down only to the highest recommendation seen over this many seconds."""
+    max_step: PositiveInt = 1
+    """Most shards drained or stopped in one reconcile pass."""
+
+
+class Buffer(Frozen):
+    slots: int = Field(default=5, ge=0)
+    """Free session slots to keep ready for new sessions."""
+    percent: float = Field(default=10.0, ge=0, le=1000)
+    """Free slots as a percentage of current sessions. The larger of the two applies."""
+
+
+class Schedule(Frozen):
+    name: str
+    """Shown in plans and on the status page."""
+    cron: Annotated[str, AfterValidator(_check_cron)]
+    """Five-field crontab expression marking the start of each window."""
+    duration: PositiveFloat
+    """Seconds the window stays open after each start."""
+    min_shards: int = Field(ge=0)
+    """Floor on the shard count while the window is open."""
+    timezone: Annotated[str, AfterValidator(_check_timezone)] = "UTC"
+    """Time zone the cron expression is read in."""
+
+
+class Policy(Frozen):
+    min_shards: int = Field(default=1, ge=0)
+    """Never run fewer shards than this."""
+    max_shards: PositiveInt = 20
+    """Never run more shards than this."""
+    target_utilization: Fraction = 0.8
+    """Fraction of max_sessions a shard should hold on average."""
+    buffer: Buffer = Buffer()
+    scale_up: ScaleUp = ScaleUp()
+    scale_down: ScaleDown = ScaleDown()
+    memory_high_watermark: Fraction = 0.85
+    """Fraction of the memory limit at which a shard counts as full."""
+    drain_deadline: PositiveFloat = 600.0
+    """Seconds a draining shard gets to move its sessions before the drain is reported overdue."""
+    schedules: tuple[Schedule, ...] = ()
+    """Windows that raise min_shards, e.g. before a known daily peak."""
+    dry_run: bool = False
+    """Decide and report, but start, stop and reload nothing."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Policy:
+        if self.min_shards > self.max_shards:
+            raise ValueError(
+                f"min_shards ({self.min_shards}) exceeds max_shards ({self.max_shards})"
+            )
+        for schedule in self.schedules:
+            if schedule.min_shards > self.max_shards:
+                raise ValueError(f"schedule {schedule.name!r} asks for more than max_shards")
+        return self
+
+
+class ReloadSettings(Frozen):
+    min_interval: float = Field(default=1.0, ge=0)
+    """Least seconds between two nginx reloads; changes in between are batched."""
+    max_delay: float = Field(default=5.0, ge=0)
+    """Most seconds a pending change waits for the batch to settle."""
+
+
+class NginxSettings(Frozen):
+    enabled: bool = True
+    """Render and reload nginx. Off: the shards' own forwarding still routes every request."""
+    template_dir: str = "nginx_templates"
+    """Jinja2 templates; relative paths are read from the config file's folder."""
+    config_path: str = "/etc/chatscale/nginx/nginx.conf"
+    """The complete nginx.conf chatscale renders; nginx runs with `-c` pointing here. Written
+    atomically, and only after `nginx -t` passed on exactly this text."""
+    listen: int = Field(default=3000, ge=1, le=65535)
+    """Port clients (e.g. a Laravel app) talk to."""
+    binary: str = "nginx"
+    """nginx executable used for `nginx -t` (and to start a local nginx that is not running)."""
+    front_url: str | None = None
+    """URL where the autoscaler reaches the front, to confirm a reload took effect before the new
+    ring is published to the shards. None: publish once the reload signal is sent."""
+    container: str | None = None
+    """Docker: name of the nginx container to send SIGHUP to. None: reload a local nginx."""
+    pid_path: str = "/run/chatscale-nginx.pid"
+    """Pid file of the nginx master; a local reload signals this process."""
+    runtime_dir: str = "/var/lib/chatscale/nginx"
+    """Folder for nginx's temporary files (request bodies, proxy buffers)."""
+    access_log: str = "/var/log/nginx/chatscale-access.log"
+    """Access log; each line records the session id and the shard that served it."""
+    error_log: str = "/var/log/nginx/chatscale-error.log"
+    """Error log of the front."""
+    worker_processes: int = Field(default=0, ge=0)
+    """nginx worker processes; 0 means one per CPU (`auto`)."""
+    worker_shutdown_timeout: PositiveFloat = 30.0
+    """Seconds old workers get to finish requests in flight after a reload."""
+    client_max_body_size: Size = "16m"
+    """Largest request body the front accepts (media messages)."""
+    connect_timeout: PositiveFloat = 3.0
+    """Seconds to connect to a shard before the request fails over."""
+    read_timeout: PositiveFloat = 120.0
+    """Seconds a shard may take to answer (QR codes and sends drive a browser)."""
+    upstream_keepalive: int = Field(default=32, ge=0)
+    """Idle keep-alive connections each nginx worker keeps per shard."""
+    reload: ReloadSettings = ReloadSettings()
+
+
+class LocalRuntime(Frozen):
+    host: str = "127.0.0.1"
+    """Address local shard processes bind to."""
+    base_port: int = Field(default=8101, ge=1, le=65000)
+    """Shard N listens on base_port + N - 1; stable ports keep nginx's ring stable."""
+    command: tuple[str, ...] = ("shard",)
+    """Command that starts one shard process; its settings come through the environment."""
+    log_dir: str = "/tmp/chatscale-shards"
+    """Each shard's output goes to <log_dir>/<shard id>.log."""
+
+
+class RuntimeSettings(Frozen):
+    kind: Literal["docker", "local"] = "docker"
+    """Where shards run: Docker containers, or child processes without Docker."""
+    project: str = Field(default="chatscale", pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    """Label and name prefix of every shard container (<project>-shard-<n>)."""
+    local: LocalRuntime = LocalRuntime()
+
+
+class ReconcileSettings(Frozen):
+    interval: PositiveFloat = 2.0
+    """Seconds between two reconcile passes (a shard reporting `full` triggers one sooner)."""
+    leader_ttl: PositiveFloat = 10.0
+    """Seconds the leader lock lives without renewal: how soon a standby takes over."""
+
+
+def _check_bind(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port, e.g. 127.0.0.1:8080")
+    return value
+
+
+class StatusSettings(Frozen):
+    bind: Annotated[str, AfterValidator(_check_bind)] = "127.0.0.1:8080"
+    """host:port of the status page, JSON status and /metrics."""
+    token: str | None = None
+    """If set, every status request must carry `Authorization: Bearer <token>` or `?token=`."""
+
+
+class Config(Frozen):
+    redis: RedisSettings = RedisSettings()
+    shard: ShardSettings = ShardSettings()
+    heartbeat: HeartbeatSettings = HeartbeatSettings()
+    policy: Policy = Policy()
+    reconcile: ReconcileSettings = ReconcileSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+    nginx: NginxSettings = NginxSettings()
+    status: StatusSettings = StatusSettings()
+
+    def fingerprint(self) -> str:
+        """Short hash of the shard-relevant settings; labels containers started with them."""
+        relevant = {"shard": self.shard.model_dump(), "redis": self.redis.model_dump()}
+        blob = json.dumps(relevant, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]

@@ -1,0 +1,76 @@
+"""Names of every Redis key the system uses; see docs/redis-schema.md for what each holds.
+
+Shards and the autoscaler build key names only through this class, so the schema has one home.
+The registry's Lua scripts learn some shard ids only inside Redis (a session's current owner);
+they get the fragments of those names from `Keys.shard_fragments`, not a spelling of their own.
+Purely computational, no side effects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "cs:"
+
+    @property
+    def shards(self) -> str:
+        """ZSET shard id -> time of its last heartbeat (epoch seconds)."""
+        return f"{self.prefix}shards"
+
+    def shard(self, shard_id: str) -> str:
+        """HASH heartbeat of one shard, with a TTL of the heartbeat timeout (its lease)."""
+        return f"{self.prefix}shard:{shard_id}"
+
+    def shard_sessions(self, shard_id: str) -> str:
+        """SET of the session ids a shard owns; its size is checked atomically on every claim."""
+        return f"{self.prefix}shard:{shard_id}:sessions"
+
+    @property
+    def shard_fragments(self) -> tuple[str, str]:
+        """(head, tail) with head + id == shard(id) and head + id + tail == shard_sessions(id),
+        for Lua scripts that build those names from an id read inside Redis."""
+        head = self.shard("")
+        tail = self.shard_sessions("").removeprefix(head)
+        return head, tail
+
+    def session(self, session_id: str) -> str:
+        """HASH registry record of one session: owner, fencing token, status, metadata."""
+        return f"{self.prefix}session:{session_id}"
+
+    def snapshot(self, session_id: str) -> str:
+        """HASH {token, saved_at, data}: compressed browser auth state of one session."""
+        return f"{self.prefix}snapshot:{session_id}"
+
+    @property
+    def orphans(self) -> str:
+        """SET of sessions released while they should keep running (e.g. a shard shut down)
+        and not yet claimed again; the autoscaler places them."""
+        return f"{self.prefix}orphans"
+
+    @property
+    def pending(self) -> str:
+        """ZSET session id -> time a create was refused for lack of room (demand not yet placed)."""
+        return f"{self.prefix}pending"
+
+    @property
+    def ring(self) -> str:
+        """STRING JSON: the shards in nginx's hash ring as last applied by the autoscaler."""
+        return f"{self.prefix}ring"
+
+    @property
+    def events(self) -> str:
+        """STREAM of autoscaler actions and their reasons, capped."""
+        return f"{self.prefix}events"
+
+    @property
+    def leader(self) -> str:
+        """STRING lock held by the acting autoscaler, with a TTL."""
+        return f"{self.prefix}leader"
+
+    @property
+    def nudge(self) -> str:
+        """Pub/sub channel: a shard that became full asks for a reconcile pass now."""
+        return f"{self.prefix}nudge"

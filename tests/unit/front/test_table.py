@@ -1,0 +1,55 @@
+"""The routing table (pure): which shards are routable, which sessions need map entries."""
+
+from __future__ import annotations
+
+from autoscaler.engine.fleet import Fleet, ShardInstance
+from autoscaler.front.table import RouteShard, RouteTable, build_table, route_shards, route_table
+from chatscale_contract.beat import Beat, ReportedState
+
+NOW = 1_000_000.0
+SHARDS = (
+    RouteShard("shard-10", "chatscale-shard-10:8000"),
+    RouteShard("shard-2", "chatscale-shard-2:8000", accepting=False),
+)
+
+
+def test_route_shards_only_live_beating_shards() -> None:
+    def b(sid: str, state: ReportedState, age: float = 1) -> Beat:
+        return Beat(sid, f"{sid}:8000", state, 1, 50, 0, 0, NOW - age)
+
+    def i(sid: str, running: bool = True) -> ShardInstance:
+        return ShardInstance(sid, running, NOW - 100, f"{sid}:8000")
+
+    fleet = Fleet(
+        NOW,
+        instances={s: i(s) for s in ("shard-1", "shard-2", "shard-3", "shard-4")}
+        | {"shard-5": i("shard-5", running=False)},
+        beats={
+            "shard-1": b("shard-1", ReportedState.ACCEPTING),
+            "shard-2": b("shard-2", ReportedState.FULL),
+            "shard-3": b("shard-3", ReportedState.DRAINING),
+            "shard-4": b("shard-4", ReportedState.ACCEPTING, age=60),  # stale
+            "shard-5": b("shard-5", ReportedState.ACCEPTING),  # exited
+        },
+        owners={"s1": "shard-3"},
+    )
+    shards = route_shards(fleet, 20)
+    assert [(s.id, s.in_ring, s.accepting) for s in shards] == [
+        ("shard-1", True, True),
+        ("shard-2", True, False),
+        ("shard-3", False, False),
+    ]
+    table = route_table(fleet, 20)
+    assert table.exceptions == {"s1": "shard-3"}, "a draining shard's sessions stay reachable"
+
+
+def test_build_table_pins_off_ring_sessions() -> None:
+    shards = SHARDS
+    ring = RouteTable(shards).ring()
+    owners = {f"s{i}": "shard-2" for i in range(50)} | {"gone": "shard-9"}
+    table = build_table(shards, owners)
+    assert "gone" not in table.exceptions  # held by a shard nginx cannot reach
+    assert all(ring.owner(s) != "shard-2" for s in table.exceptions)
+    assert {s for s in owners if s != "gone" and ring.owner(s) != "shard-2"} == set(
+        table.exceptions
+    )

@@ -1,0 +1,112 @@
+"""The status page in real Chromium, and the JSON, metrics and health endpoints beside it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from playwright.async_api import async_playwright
+from shard.browser import CHROMIUM_ARGS
+from shard.settings import DEBIAN_CHROMIUM
+from support.loop import Loop, make_config
+from support.procs import free_port
+
+from autoscaler.loop.daemon import Daemon
+from autoscaler.web.status import init_app
+
+pytestmark = [pytest.mark.browser]
+
+
+@pytest.fixture
+async def fleet_daemon(loop: Loop) -> Daemon:
+    daemon = await loop.daemon(make_config(loop.redis_url, min_shards=2))
+    await loop.converge(daemon, lambda: loop.beating(2), "2 beating shards")
+    for sid in ("alice", "bob", "carol"):
+        assert await loop.runtime.shard("shard-1").create(sid)
+
+    def three() -> bool:
+        return daemon.state.observed is not None and daemon.state.observed.sessions == 3
+
+    await loop.converge(daemon, three, "3 sessions observed")
+    return daemon
+
+
+async def serve(daemon: Daemon) -> AsyncIterator[str]:
+    runner = web.AppRunner(init_app(daemon))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def status_url(fleet_daemon: Daemon) -> AsyncIterator[str]:
+    async for url in serve(fleet_daemon):
+        yield url
+
+
+async def test_status_page_shows_the_fleet(status_url: str, artifacts_dir: Path) -> None:
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=DEBIAN_CHROMIUM, args=list(CHROMIUM_ARGS)
+        )
+        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        await page.goto(status_url)
+        assert await page.locator("#shard-count").inner_text() == "2"
+        assert await page.locator("#sessions").inner_text() == "3"
+        assert await page.locator("#desired").inner_text() == "2"
+        rows = page.locator("tr.shard")
+        assert await rows.count() == 2
+        first = await rows.nth(0).inner_text()
+        assert "shard-1" in first and "ready" in first and "3/5" in first
+        assert await page.locator("#decisions tr").count() > 1
+        assert "start" in await page.locator("#events").inner_text()
+        await page.fill("input[name=session]", "alice")
+        await page.click("text=find")
+        route = await page.locator("#route").inner_text()
+        assert "alice" in route and "Registry owner: shard-1" in route
+        await page.goto(status_url)  # the lookup form is part of the page; back to the fleet
+        await page.screenshot(path=str(artifacts_dir / "status-page.png"), full_page=True)
+        await browser.close()
+    assert (artifacts_dir / "status-page.png").stat().st_size > 10_000
+
+
+async def test_json_metrics_and_health(status_url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{status_url}/api/status") as resp:
+            status = await resp.json()
+        assert status["leader"] is True and status["fleet"]["sessions"] == 3
+        assert [s["id"] for s in status["shards"]] == ["shard-1", "shard-2"]
+        assert status["decisions"][0]["desired"] == 2
+        async with http.get(f"{status_url}/api/route", params={"session": "alice"}) as resp:
+            route = await resp.json()
+        assert route["registry_owner"] == "shard-1" and route["routes_to"] in ("shard-1", "shard-2")
+        async with http.get(f"{status_url}/api/route", params={"session": "Alice"}) as resp:
+            assert resp.status == 400 and "lowercase" in (await resp.json())["error"]
+        async with http.get(f"{status_url}/metrics") as resp:
+            text = await resp.text()
+        assert 'chatscale_shards{state="ready"} 2.0' in text
+        assert "chatscale_sessions 3.0" in text and "chatscale_shards_desired 2.0" in text
+        async with http.get(f"{status_url}/healthz") as resp:
+            assert resp.status == 200
+
+
+async def test_token_protects_everything_but_health(loop: Loop) -> None:
+    config = make_config(loop.redis_url)
+    config = config.model_copy(update={"status": config.status.model_copy(update={"token": "s3"})})
+    daemon = await loop.daemon(config)
+    await loop.step(daemon)
+    async for url in serve(daemon):
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/api/status") as resp:
+                assert resp.status == 401
+            async with http.get(f"{url}/api/status", headers={"Authorization": "Bearer s3"}) as r:
+                assert r.status == 200
+            async with http.get(f"{url}/", params={"token": "s3"}) as resp:
+                assert resp.status == 200
+            async with http.get(f"{url}/healthz") as resp:
+                assert resp.status == 200
