@@ -62,8 +62,6 @@ class NginxApplier:
         self.candidate = self.path.with_name(self.path.name + ".candidate")
         self.rejected = self.path.with_name(self.path.name + ".rejected")
         self._lock = asyncio.Lock()
-        # Set when the live file changed but telling nginx failed: the next apply retries.
-        self._reload_owed = False
 
     async def apply(
         self, text: str, version: str | None = None, force: bool = False
@@ -71,13 +69,14 @@ class NginxApplier:
         """Install `text` as the live config and reload nginx, unless it is already live.
 
         With `version` and a confirm_url, also wait until the front serves that version.
-        `force` reloads even an unchanged text: nginx resolves shard host names only when it
-        loads a config, so a shard container replaced under the same name needs one. An
-        unchanged text is also reloaded when the reload after its install failed.
+        `force` reloads (and confirms) even an unchanged text: nginx resolves shard host names
+        only when it loads a config, so a shard container replaced under the same name needs
+        one; and a text installed by an attempt whose reload or confirmation failed is not
+        known to be served. The caller keeps that account (front/state.py).
         """
         async with self._lock:
             if await asyncio.to_thread(_read, self.path) == text:
-                if force or self._reload_owed:
+                if force:
                     return await self._reload(version, changed=False)
                 return ApplyResult(changed=False, reloaded=False)
             problem = await self.validate(text)
@@ -121,9 +120,7 @@ class NginxApplier:
         try:
             await self.reloader.reload()
         except (ReloadError, OSError) as exc:
-            self._reload_owed = True
             return ApplyResult(changed=changed, reloaded=False, error=f"reload failed: {exc}")
-        self._reload_owed = False
         if version is None or self.confirm_url is None:
             return ApplyResult(changed=changed, reloaded=True)
         if await confirm(self.confirm_url, version, self.confirm_timeout):

@@ -1,7 +1,8 @@
 """Keep nginx and the published ring in step with the fleet (render, debounce, apply, publish).
 
 nginx only reloads when the routing table (`table`) changes, batched by the debouncer, and the
-ring is published to Redis (for the shards' own placement) only once nginx serves it.
+ring is published to Redis (for the shards' own placement) only once nginx is confirmed to serve
+it. What is applied, wanted and owed lives in one pure `FrontState` (state.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from autoscaler.front.apply import ApplyResult, NginxApplier
 from autoscaler.front.debounce import Debouncer
 from autoscaler.front.reload import reloader_for
 from autoscaler.front.render import RenderError, render
+from autoscaler.front.state import FrontState, Target
 from autoscaler.front.table import RouteTable, endpoints, route_table
 from autoscaler.metrics import Metrics
 from chatscale_contract.clock import Clock
@@ -64,49 +66,47 @@ class Front:
         self.clock = clock
         self.template_dir = Path(nginx.template_dir)
         self.debouncer = Debouncer.from_settings(nginx.reload, clock.monotonic)
+        self.state = FrontState()
         self.table: RouteTable | None = None
-        """The table wanted now."""
+        """The table wanted now (the last pass's)."""
         self.applied: RouteTable | None = None
-        """The table nginx serves (as far as we know)."""
-        self.error = ""
-        self._applied_endpoints: dict[str, str] = {}
-        self._wanted_key: tuple[str, dict[str, str]] | None = None
-        self._retry_at = 0.0
+        """The table nginx was last confirmed to serve."""
+
+    @property
+    def error(self) -> str:
+        return self.state.error
 
     async def update(self, fleet: Fleet, dry_run: bool) -> None:
         """Called once per pass; applies the wanted table when it is due."""
         table = route_table(fleet, self.heartbeat_timeout)
-        where = endpoints(fleet, table)
         self.table = table
         self.metrics.exceptions.set(len(table.exceptions))
-        current = self.applied is not None and table.version == self.applied.version
-        moved = current and where != self._applied_endpoints
-        if dry_run or (current and not moved):
+        if dry_run:
             return
-        if self._wanted_key != (table.version, where):
-            self._wanted_key = (table.version, where)
-            self.debouncer.changed()  # each new change restarts the quiet period
-        if self.clock.monotonic() < self._retry_at or not self.debouncer.due():
+        state = self.state.want(Target.of(table.version, endpoints(fleet, table)))
+        if not state.in_step and (state.wanted != self.state.wanted or not self.debouncer.pending):
+            self.debouncer.changed()  # each new change restarts the quiet period (a retry too)
+        self.state = state
+        if not state.due(self.clock.monotonic()) or not self.debouncer.due():
             return
-        ok = await self._apply(table, force=moved) and await self._publish(table)
+        error = await self._apply(table, force=state.force) or await self._publish(table)
         self.debouncer.applied()
-        if ok:
-            self.applied, self.error, self._applied_endpoints = table, "", where
+        if error:
+            self._failed(error)
+            retry_at = self.clock.monotonic() + RETRY_AFTER_FAILURE
+            self.state = state.failed(error, retry_at)
         else:
-            # Try the same table again after a pause: the failure may have been passing.
-            self._wanted_key = None
-            self._retry_at = self.clock.monotonic() + RETRY_AFTER_FAILURE
+            self.state, self.applied = state.succeeded(), table
 
-    async def _apply(self, table: RouteTable, force: bool) -> bool:
+    async def _apply(self, table: RouteTable, force: bool) -> str:
+        """Render and put into service; the error, or "" once nginx serves `table`."""
         if self.applier is None:
-            return True
+            return ""
         try:
             text = render(table, self.nginx, self.template_dir)
         except (RenderError, OSError) as exc:
-            return self._failed(f"render failed: {exc}")
+            return f"render failed: {exc}"
         result = await self.applier.apply(text, table.version, force=force)
-        if result.error:
-            return self._failed(result.error)
         if result.reloaded:
             self.metrics.nginx_reloads.inc()
             log.info(
@@ -115,15 +115,13 @@ class Front:
                 len(table.exceptions),
                 table.version,
             )
-        return True
+        return result.error or ""
 
-    def _failed(self, error: str) -> bool:
-        self.error = error
+    def _failed(self, error: str) -> None:
         self.metrics.nginx_failures.inc()
         log.error("nginx not updated (the last good config keeps serving): %s", error)
-        return False
 
-    async def _publish(self, table: RouteTable) -> bool:
+    async def _publish(self, table: RouteTable) -> str:
         """Tell the shards the ring nginx now uses (for their own placement of new sessions)."""
         ring = table.ring()
         members = [{"id": shard, "addr": addr} for shard, addr in ring.members]
@@ -131,5 +129,5 @@ class Front:
         try:
             await self.redis.set(self.keys.ring, payload)
         except RedisError as exc:
-            return self._failed(f"could not publish the ring: {exc}")
-        return True
+            return f"could not publish the ring: {exc}"
+        return ""
