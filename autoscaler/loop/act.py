@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from autoscaler.engine.fleet import Fleet
 from autoscaler.engine.model import Action, ActionKind, Plan
-from autoscaler.loop.events import Event, EventLog
+from autoscaler.loop.events import Event, EventLog, Outcome
 from autoscaler.metrics import Metrics
 from autoscaler.runtimes.base import Runtime, RuntimeFailure
 from chatscale_contract.clock import Clock
@@ -83,16 +83,24 @@ class Actor:
             if not leading():
                 log.warning("leadership lost; the rest of the plan is left to the new leader")
                 break
-            outcome = "dry run" if dry_run else await self._run(action, fleet)
+            if dry_run:
+                outcome, detail = Outcome.DRY_RUN, ""
+            else:
+                outcome, detail = await self._run(action, fleet)
             event = Event(
-                action.kind.value, action.shard_id, action.reason, outcome, self.clock.time()
+                action.kind.value,
+                action.shard_id,
+                action.reason,
+                outcome,
+                self.clock.time(),
+                detail,
             )
-            self.metrics.scale_events.labels(kind=action.kind.value, outcome=outcome[:6]).inc()
+            self.metrics.scale_events.labels(kind=action.kind.value, outcome=outcome.value).inc()
             done.append(event)
             await self._record(event)
         return done
 
-    async def _run(self, action: Action, fleet: Fleet) -> str:
+    async def _run(self, action: Action, fleet: Fleet) -> tuple[Outcome, str]:
         handlers: dict[ActionKind, Callable[[str, Fleet], Awaitable[None]]] = {
             ActionKind.START: self._start,
             ActionKind.REPLACE: self._replace,
@@ -104,12 +112,12 @@ class Actor:
             await handlers[action.kind](action.shard_id, fleet)
         except (ActionFailed, RuntimeFailure, RedisError, aiohttp.ClientError, TimeoutError) as exc:
             log.error("%s failed: %s", action, exc)
-            return f"failed: {exc}"
+            return Outcome.FAILED, str(exc)
         except Exception as exc:  # a bug in one action must not keep the others from running
             log.exception("%s failed unexpectedly", action)
-            return f"failed: {type(exc).__name__}: {exc}"
+            return Outcome.FAILED, f"{type(exc).__name__}: {exc}"
         log.info("%s", action)
-        return "ok"
+        return Outcome.OK, ""
 
     async def _start(self, shard_id: str, fleet: Fleet) -> None:
         await self.runtime.start(shard_id)
@@ -181,27 +189,31 @@ class Actor:
             target = place(ring, sid, lambda shard: _has_room(fleet, shard))
             if target is None:
                 break
-            outcome = "dry run" if dry_run else await self._adopt(sid, target, fleet)
+            if dry_run:
+                outcome, detail = Outcome.DRY_RUN, ""
+            else:
+                outcome, detail = await self._adopt(sid, target, fleet)
             event = Event(
                 "adopt",
                 target,
                 f"session {sid} was released while it should run",
                 outcome,
                 self.clock.time(),
+                detail,
             )
             events.append(event)
             await self._record(event)
         return events
 
-    async def _adopt(self, sid: str, shard_id: str, fleet: Fleet) -> str:
+    async def _adopt(self, sid: str, shard_id: str, fleet: Fleet) -> tuple[Outcome, str]:
         try:
             url = f"http://{self._endpoint(shard_id, fleet)}/api/sessions/{sid}"
             async with self.http.put(url, json={}, headers=self._headers()) as resp:
                 if resp.status in (200, 201):
-                    return "ok"
-                return f"failed: {resp.status} {(await resp.text())[:200]}"
+                    return Outcome.OK, ""
+                return Outcome.FAILED, f"{resp.status} {(await resp.text())[:200]}"
         except (aiohttp.ClientError, TimeoutError, ActionFailed) as exc:
-            return f"failed: {exc}"
+            return Outcome.FAILED, str(exc)
 
     async def _record(self, event: Event) -> None:
         try:

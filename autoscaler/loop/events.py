@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -13,18 +13,49 @@ from chatscale_contract.keys import Keys
 MAX_EVENTS = 10_000
 
 
+class Outcome(StrEnum):
+    """How an action ended; also the `outcome` label of `chatscale_scale_events`."""
+
+    OK = "ok"
+    DRY_RUN = "dry_run"
+    """Decided and reported, not carried out (`policy.dry_run`)."""
+    FAILED = "failed"
+    """The event's `detail` says why."""
+
+    @classmethod
+    def parse(cls, raw: str) -> tuple[Outcome, str]:
+        """(outcome, detail) from a stored event, including the "failed: <why>" and "dry run"
+        spellings of version 0.1."""
+        if raw == "dry run":
+            return cls.DRY_RUN, ""
+        head, _, detail = raw.partition(": ")
+        return cls(head), detail
+
+
 @dataclass(frozen=True)
 class Event:
     kind: str
-    """An action kind (start, drain, stop, cancel_drain, replace, adopt) or a daemon event."""
+    """An action kind (start, drain, stop, cancel_drain, replace) or "adopt"."""
     shard: str
     reason: str
-    outcome: str = "ok"
-    """"ok", "dry run", or "failed: <why>"."""
-    ts: float = 0.0
+    outcome: Outcome
+    ts: float
+    detail: str = ""
+    """Why it failed; empty otherwise."""
+
+    def __str__(self) -> str:
+        told = f"{self.outcome}: {self.detail}" if self.detail else self.outcome.value
+        return f"{self.kind} {self.shard}: {told}"
 
     def as_dict(self) -> dict[str, str | float]:
-        return asdict(self)
+        return {
+            "kind": self.kind,
+            "shard": self.shard,
+            "reason": self.reason,
+            "outcome": self.outcome.value,
+            "detail": self.detail,
+            "ts": self.ts,
+        }
 
 
 class EventLog:
@@ -34,7 +65,7 @@ class EventLog:
 
     async def record(self, event: Event) -> None:
         fields: dict[Any, Any] = {k: str(v) for k, v in event.as_dict().items()}
-        fields["ts"] = repr(event.ts or time.time())
+        fields["ts"] = repr(event.ts)
         await self.redis.xadd(self.keys.events, fields, maxlen=MAX_EVENTS, approximate=True)
 
     async def recent(self, count: int = 50) -> list[Event]:
@@ -42,5 +73,9 @@ class EventLog:
         events = []
         for _, raw in rows:
             f = {str(k): str(v) for k, v in (raw or {}).items()}
-            events.append(Event(f["kind"], f["shard"], f["reason"], f["outcome"], float(f["ts"])))
+            outcome, detail = Outcome.parse(f["outcome"])
+            detail = f.get("detail") or detail
+            events.append(
+                Event(f["kind"], f["shard"], f["reason"], outcome, float(f["ts"]), detail)
+            )
         return events

@@ -157,7 +157,7 @@ def _decision(decision: Decision) -> dict[str, Any]:
         "held": plan.held,
         "actions": [str(a) for a in plan.actions],
         "reasons": list(plan.reasons),
-        "outcomes": [f"{e.kind} {e.shard}: {e.outcome}" for e in decision.events],
+        "outcomes": [str(e) for e in decision.events],
         "duration_ms": round(decision.duration * 1000, 1),
     }
 
@@ -189,7 +189,9 @@ async def page(request: web.Request) -> web.Response:
     try:
         events = [e.as_dict() for e in await daemon.events.recent(30)]
     except RedisError as exc:
-        events = [{"kind": "error", "shard": "", "reason": str(exc), "outcome": "", "ts": 0}]
+        events = [
+            {"kind": "error", "shard": "", "reason": str(exc), "outcome": "", "detail": "", "ts": 0}
+        ]
     html = _TEMPLATES.get_template("status.html.j2").render(
         s=data, events=events, lookup=lookup, states=[s.value for s in ShardState]
     )

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from chatscale_contract.ids import InvalidSessionId, check_session_id
-from shard.drivers import MAX_TEXT, DriverError, Unsupported
+from shard.drivers import DEFAULT_DRIVER, MAX_TEXT, DriverError, Unsupported
 from shard.errors import Handler, json_error
 from shard.registry import Full, OwnedElsewhere
 from shard.routing import FORWARDED_BY
@@ -120,7 +120,7 @@ def spec_from(body: dict[str, Any]) -> SessionSpec:
     unknown = set(body) - _SPEC_KEYS
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
-    driver = body.get("driver", "whatsapp")
+    driver = body.get("driver", DEFAULT_DRIVER)
     options = body.get("options", {})
     if not isinstance(driver, str):
         raise BadRequest("driver must be a string")
@@ -160,7 +160,7 @@ def record_view(sid: str, record: dict[str, str]) -> dict[str, Any]:
         "id": sid,
         "status": record.get("status", "STOPPED"),
         "shard": record.get("owner") or None,
-        "driver": record.get("driver", "whatsapp"),
+        "driver": record.get("driver") or DEFAULT_DRIVER,
         "workspace_id": record.get("workspace_id", ""),
         "account_id": record.get("account_id", ""),
         "error": record.get("error") or None,

@@ -51,6 +51,10 @@ class Selectors:
         return replace(self, **dict(overrides))
 
 
+WHATSAPP = "whatsapp"
+WEB = "web"
+DEFAULT_DRIVER = WHATSAPP
+"""The driver of a session that names none."""
 _PHONE = re.compile(r"^\+?[0-9]{5,20}$")
 MAX_TEXT = 4096
 
@@ -72,7 +76,7 @@ class WebDriver:
 
     url: str
     selectors: Selectors
-    name: str = "web"
+    name: str = WEB
 
     async def open(self, page: Page) -> None:
         await page.goto(self.url, wait_until="domcontentloaded")
@@ -105,7 +109,7 @@ class WebDriver:
 class WhatsAppDriver(WebDriver):
     """WhatsApp Web: QR in `div[data-ref]`, logged in once the chat list shows, send by URL."""
 
-    name: str = "whatsapp"
+    name: str = WHATSAPP
 
     async def send_text(self, page: Page, to: str, text: str) -> str:
         if not _PHONE.fullmatch(to):
@@ -138,10 +142,10 @@ def make_driver(
     if not isinstance(overrides, dict) or not all(isinstance(v, str) for v in overrides.values()):
         raise DriverError("options.selectors must be an object of strings")
     selectors = Selectors().merged(defaults).merged(overrides)
-    if name == "whatsapp":
+    if name == WHATSAPP:
         url = _url(options.get("url") or whatsapp_url)
         return WhatsAppDriver(url=url, selectors=selectors)
-    if name == "web":
+    if name == WEB:
         for key in ("url", "qr_selector", "ready_selector"):
             if not isinstance(options.get(key), str) or not options[key]:
                 raise DriverError(f"the web driver needs options.{key}")
@@ -149,7 +153,7 @@ def make_driver(
         if isinstance(options.get("qr_attribute"), str):
             web = web.merged({"qr_attribute": options["qr_attribute"]})
         return WebDriver(url=_url(options["url"]), selectors=web)
-    raise DriverError(f"unknown driver {name!r}; use 'whatsapp' or 'web'")
+    raise DriverError(f"unknown driver {name!r}; use {WHATSAPP!r} or {WEB!r}")
 
 
 def _url(value: object) -> str:

@@ -23,7 +23,7 @@ from playwright.async_api import BrowserContext, Page
 from redis.exceptions import RedisError
 
 from shard.browser import BrowserHost
-from shard.drivers import Driver, DriverError, PageState, make_driver
+from shard.drivers import DEFAULT_DRIVER, Driver, DriverError, PageState, make_driver
 from shard.metrics import ShardMetrics
 from shard.registry import Registry
 from shard.settings import ShardSettings
@@ -58,7 +58,7 @@ class NotHere(Exception):
 class SessionSpec:
     """What a caller asked for; stored in the registry so any shard can reopen the session."""
 
-    driver: str = "whatsapp"
+    driver: str = DEFAULT_DRIVER
     options: dict[str, Any] = field(default_factory=dict)
     workspace_id: str = ""
     account_id: str = ""
@@ -74,7 +74,7 @@ class SessionSpec:
     @classmethod
     def from_record(cls, record: dict[str, str]) -> SessionSpec:
         return cls(
-            driver=record.get("driver") or "whatsapp",
+            driver=record.get("driver") or DEFAULT_DRIVER,
             options=json.loads(record.get("options") or "{}"),
             workspace_id=record.get("workspace_id", ""),
             account_id=record.get("account_id", ""),

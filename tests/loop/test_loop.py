@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from prometheus_client import generate_latest
 from support.loop import Loop, make_config
 from support.proxy import TcpProxy
 from support.runtimes import StallingStarts, StopAudit
 
 from autoscaler.engine.schedules import VALIDATION
+from autoscaler.loop.events import Outcome
 from chatscale_contract.configload import load_config
 
 
@@ -139,7 +141,24 @@ async def test_dry_run_decides_but_touches_nothing(loop: Loop) -> None:
     decision = await loop.step(daemon)
     assert [a.kind.value for a in decision.plan.actions] == ["start"] * 2
     assert loop.runtime.starts == []
-    assert {e.outcome for e in await daemon.events.recent(10)} == {"dry run"}
+    assert {e.outcome for e in await daemon.events.recent(10)} == {Outcome.DRY_RUN}
+    exported = generate_latest(daemon.metrics.registry).decode()
+    assert 'chatscale_scale_events_total{kind="start",outcome="dry_run"} 2.0' in exported
+
+
+async def test_failed_actions_are_counted_under_their_outcome_with_the_reason_kept(
+    loop: Loop,
+) -> None:
+    daemon = await loop.daemon(make_config(loop.redis_url))
+    loop.runtime.fail_starts = True
+    decision = await loop.step(daemon)
+    assert [(e.outcome, e.detail) for e in decision.events] == [
+        (Outcome.FAILED, "injected start failure")
+    ]
+    exported = generate_latest(daemon.metrics.registry).decode()
+    assert 'chatscale_scale_events_total{kind="start",outcome="failed"} 1.0' in exported
+    recorded = await daemon.events.recent(1)
+    assert (recorded[0].outcome, recorded[0].detail) == (Outcome.FAILED, "injected start failure")
 
 
 async def test_unreadable_runtime_holds_the_fleet_although_leading(loop: Loop) -> None:
@@ -167,7 +186,7 @@ async def test_failed_starts_are_reported_and_retried(loop: Loop) -> None:
     daemon = await loop.daemon(make_config(loop.redis_url))
     loop.runtime.fail_starts = True
     decision = await loop.step(daemon)
-    assert [e.outcome for e in decision.events] == ["failed: injected start failure"]
+    assert [str(e) for e in decision.events] == ["start shard-1: failed: injected start failure"]
     loop.runtime.fail_starts = False
     await loop.converge(daemon, lambda: loop.runtime.running() == ["shard-1"])
 
