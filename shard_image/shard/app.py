@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -42,7 +42,9 @@ def init_app(settings: ShardSettings) -> web.Application:
     return app
 
 
-def _resources(settings: ShardSettings):  # type: ignore[no-untyped-def]
+def _resources(
+    settings: ShardSettings,
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def resources(app: web.Application) -> AsyncIterator[None]:
         # Timeouts: a Redis that stops answering must fail calls, not hang them (the lease
         # check runs after each heartbeat attempt).

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from autoscaler.engine.decide import decide, requirement
-from autoscaler.engine.model import ActionKind, History, Observed, ShardState, ShardView
+from autoscaler.engine.model import Action, ActionKind, History, Observed, ShardState, ShardView
 from chatscale_contract.config import Buffer, Policy, ScaleDown, ScaleUp, Schedule
 
 GB = 1024**3
@@ -45,8 +45,8 @@ def ready(n: int, sessions: int) -> tuple[str, ShardState, int]:
 OLD = History(started_at=NOW - 10_000)  # long enough to cover any window
 
 
-def kinds(plan_actions: tuple[object, ...]) -> list[tuple[str, str]]:
-    return [(a.kind.value, a.shard_id) for a in plan_actions]  # type: ignore[attr-defined]
+def kinds(plan_actions: tuple[Action, ...]) -> list[tuple[str, str]]:
+    return [(a.kind.value, a.shard_id) for a in plan_actions]
 
 
 # --- requirement: ceil((sessions + buffer) / (max_sessions x target_utilization)) ---------------
