@@ -1,5 +1,6 @@
 # chatscale autoscaler: watches shards in Redis, starts/stops shard containers through the Docker
-# API and renders the nginx configuration (checked with `nginx -t` before nginx reloads it).
+# API and publishes the nginx configuration for the fronts. The same image runs each front:
+# `autoscaler front-agent` runs nginx and applies what the autoscaler publishes.
 #
 #   docker build -t chatscale-autoscaler:latest .
 #   docker run -v /var/run/docker.sock:/var/run/docker.sock \
@@ -46,8 +47,8 @@ RUN pip wheel $PIP_ARGS --no-deps --wheel-dir /dist /src
 # ---- final image
 FROM ${BASE_IMAGE}
 ARG DEBIAN_FRONTEND=noninteractive
-# nginx is only here for `nginx -t` on the configurations the autoscaler renders; it is never
-# started in this container (nginx runs in its own container and is reloaded with a signal).
+# nginx: run by `autoscaler front-agent` when this image serves as a front (docker-compose.yml's
+# nginx service, the stack's front service); the autoscaler itself never starts it.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 nginx tini ca-certificates \
     && rm -rf /var/lib/apt/lists/*
@@ -60,8 +61,7 @@ RUN /opt/chatscale/bin/pip install --no-cache-dir --no-index --no-deps --root-us
 COPY nginx_templates /app/nginx_templates
 # config.yaml's nginx.template_dir is relative to the config file's folder; the link makes the
 # shipped default ("nginx_templates") work for a config mounted at /etc/chatscale/config.yaml.
-# The rendered nginx.conf (/etc/chatscale/nginx, a volume shared with the nginx container) and
-# nginx's runtime folder are created here so `nginx -t` works before any volume is attached.
+# The front agent's nginx.conf folder and nginx's runtime folder.
 RUN mkdir -p /etc/chatscale/nginx /var/lib/chatscale/nginx \
     && ln -s /app/nginx_templates /etc/chatscale/nginx_templates
 COPY config.yaml /etc/chatscale/config.yaml
@@ -71,12 +71,12 @@ ENV PATH=/opt/chatscale/bin:$PATH \
 # Runs as root on purpose: the autoscaler talks to the Docker engine through the mounted
 # /var/run/docker.sock, which belongs to root (group "docker" with a host-specific gid), and
 # anyone who can use that socket is root on the host anyway; a non-root user would add a gid to
-# match on every host and no isolation. It also signals the nginx container and writes the
-# shared nginx volume.
+# match on every host and no isolation. (As a front, nginx's workers run as nobody.)
 WORKDIR /app
-EXPOSE 8080
+EXPOSE 8080 3000
 # The status page's liveness endpoint, checked from inside the container: needs status.bind on
 # port 8080 and on 0.0.0.0 or 127.0.0.1 (the defaults), and /healthz answering without the token.
+# A front overrides it (docker-compose.yml, the stack file).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python3", "-c", "import urllib.request as u; u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:8080/healthz', timeout=4)"]
 ENTRYPOINT ["tini", "--"]

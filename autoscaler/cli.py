@@ -1,4 +1,4 @@
-"""`autoscaler` command line: run, check-config, simulate, down."""
+"""`autoscaler` command line: run, check-config, simulate, down, front-agent."""
 
 from __future__ import annotations
 
@@ -51,10 +51,29 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     run.set_defaults(func=_run)
 
-    down = sub.add_parser("down", help="stop every shard of this project (and a local nginx)")
+    down = sub.add_parser("down", help="stop every shard of this project")
     down.add_argument("--config", default="config.yaml")
     down.set_defaults(func=_down)
+
+    agent = sub.add_parser(
+        "front-agent", help="run the nginx front beside this process and keep its config current"
+    )
+    agent.add_argument("--config", default="config.yaml")
+    agent.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    agent.set_defaults(func=_front_agent)
     return parser
+
+
+def _front_agent(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from autoscaler.service import front_agent
+
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return asyncio.run(front_agent(load_config(args.config, context=VALIDATION)))
 
 
 def _down(args: argparse.Namespace) -> int:

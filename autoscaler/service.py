@@ -12,19 +12,26 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import redis.asyncio as aioredis
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
+from redis.exceptions import RedisError
 
+from autoscaler.front.agent import AgentIdentity, FrontAgent, listen
+from autoscaler.front.reload import LocalReloader
 from autoscaler.loop.daemon import Daemon
 from autoscaler.web.status import init_app
+from chatscale_contract.clock import SYSTEM
 from chatscale_contract.config import Config
+from chatscale_contract.keys import Keys
 
 log = logging.getLogger(__name__)
 PASS_JOB = "reconcile"
@@ -149,11 +156,10 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 
 async def down(config: Config) -> int:
-    """Stop every shard of the project (each hands its sessions off first), then a local nginx.
+    """Stop every shard of the project, each handing its sessions off first. Prints progress.
 
-    Sessions stay in Redis, released, and are adopted again by the next fleet. Prints progress.
+    Sessions stay in Redis, released, and are adopted again by the next fleet.
     """
-    from autoscaler.front.reload import running_pid
     from autoscaler.runtimes import make_runtime
 
     runtime = make_runtime(config)
@@ -162,9 +168,39 @@ async def down(config: Config) -> int:
     for instance in shards:
         await runtime.stop(instance.shard_id, config.shard.stop_timeout)
         print(f"  stopped {instance.shard_id}", flush=True)
-    if config.nginx.enabled and not config.nginx.container:
-        pid = running_pid(Path(config.nginx.pid_path))
-        if pid is not None:
-            os.kill(pid, signal.SIGQUIT)  # graceful: finish requests in flight
-            print(f"  stopped nginx (pid {pid})", flush=True)
+    return 0
+
+
+async def front_agent(config: Config) -> int:
+    """`autoscaler front-agent`: keep the nginx beside this process serving the published
+    config, until SIGTERM or SIGINT; then let nginx finish its requests and stop it."""
+    identity = AgentIdentity(
+        front_id=os.environ.get("FRONT_ID") or socket.gethostname(),
+        node=os.environ.get("NODE_NAME") or socket.gethostname(),
+    )
+    client = aioredis.Redis.from_url(
+        config.redis.url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5
+    )
+    keys = Keys(config.redis.key_prefix)
+    agent = FrontAgent(config.nginx, identity, LocalReloader(config.nginx), client, keys, SYSTEM)
+    wake = asyncio.Event()
+    log.info(
+        "front agent %s on %s: nginx on port %d",
+        identity.front_id,
+        identity.node,
+        config.nginx.listen,
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        for job, name in ((agent.run(wake), "front agent"), (listen(client, keys, wake), "nudges")):
+            stack.push_async_callback(_cancel, asyncio.create_task(job, name=name))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping: nginx finishes the requests in flight")
+        with contextlib.suppress(RedisError, OSError):
+            await agent.withdraw()
+        await agent.stop_nginx()
     return 0

@@ -48,6 +48,18 @@ def _check_size(value: str | int) -> str | int:
 
 
 Size = Annotated[str | int, AfterValidator(_check_size)]
+
+
+def _removed(value: object) -> None:
+    if value is not None:
+        raise ValueError(
+            "this key was removed in 0.2: every front now runs `autoscaler front-agent`, which"
+            " applies, reloads and confirms its own nginx; delete the key (see README)"
+        )
+
+
+Removed = Annotated[object, AfterValidator(_removed), Field(exclude=True)]
+"""A key that no longer exists: set, it is an error that says what replaced it."""
 Fraction = Annotated[float, Field(gt=0, le=1)]
 
 
@@ -209,14 +221,13 @@ class NginxSettings(Frozen):
     listen: int = Field(default=3000, ge=1, le=65535)
     """Port clients (e.g. a Laravel app) talk to."""
     binary: str = "nginx"
-    """nginx executable used for `nginx -t` (and to start a local nginx that is not running)."""
-    front_url: str | None = None
-    """URL where the autoscaler reaches the front, to confirm a reload took effect before the new
-    ring is published to the shards. None: publish once the reload signal is sent."""
-    container: str | None = None
-    """Docker: name of the nginx container to send SIGHUP to. None: reload a local nginx."""
+    """nginx executable the front agent tests configs with (`nginx -t`) and starts."""
+    front_url: Removed = None
+    """Removed in 0.2: each front's agent confirms its own nginx."""
+    container: Removed = None
+    """Removed in 0.2: no nginx container is signalled through Docker; its agent reloads it."""
     pid_path: str = "/run/chatscale-nginx.pid"
-    """Pid file of the nginx master; a local reload signals this process."""
+    """Pid file of the nginx master the front agent runs and signals."""
     runtime_dir: str = "/var/lib/chatscale/nginx"
     """Folder for nginx's temporary files (request bodies, proxy buffers)."""
     access_log: str = "/var/log/nginx/chatscale-access.log"
@@ -236,6 +247,13 @@ class NginxSettings(Frozen):
     upstream_keepalive: int = Field(default=32, ge=0)
     """Idle keep-alive connections each nginx worker keeps per shard."""
     reload: ReloadSettings = ReloadSettings()
+    agent_interval: PositiveFloat = 1.0
+    """Seconds between two rounds of a front agent (check nginx, apply, report)."""
+    front_timeout: PositiveFloat = 5.0
+    """A front whose agent has not reported for this long is not live: not waited for."""
+    confirm_timeout: PositiveFloat = 10.0
+    """Seconds an agent waits for its nginx to serve a new config; a live front that does not
+    serve it this long after it was published is reported as lagging."""
 
 
 class LocalRuntime(Frozen):

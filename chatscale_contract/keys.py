@@ -71,6 +71,26 @@ class Keys:
         return f"{self.prefix}leader"
 
     @property
+    def front_config(self) -> str:
+        """HASH {generation, version, text, ts}: the nginx.conf every front should serve, as the
+        leading autoscaler rendered it last."""
+        return f"{self.prefix}front:config"
+
+    @property
+    def front_nudge(self) -> str:
+        """Pub/sub channel: a new front config was published (the agents fetch it at once)."""
+        return f"{self.prefix}front:nudge"
+
+    @property
+    def fronts(self) -> str:
+        """ZSET front id -> time of its last report."""
+        return f"{self.prefix}fronts"
+
+    def front(self, front_id: str) -> str:
+        """HASH one front agent's report (what its nginx serves), with a TTL."""
+        return f"{self.prefix}front:{front_id}"
+
+    @property
     def nudge(self) -> str:
         """Pub/sub channel: a shard that became full asks for a reconcile pass now."""
         return f"{self.prefix}nudge"

@@ -1,8 +1,10 @@
-"""Keep nginx and the published ring in step with the fleet (render, debounce, apply, publish).
+"""Keep the fronts and the published ring in step with the fleet, once per pass.
 
-nginx only reloads when the routing table (`table`) changes, batched by the debouncer, and the
-ring is published to Redis (for the shards' own placement) only once nginx is confirmed to serve
-it. What is applied, wanted and owed lives in one pure `FrontState` (state.py).
+The leading autoscaler renders nginx.conf from the routing table and hands it to every front
+through Redis (`Keys.front_config`, plus a nudge); the agent beside each nginx applies it
+(agent.py) and reports the generation it serves. Only once every live front serves it is the
+ring published to the shards (`Keys.ring`), for their own placement of new sessions. Changes are
+batched by the debouncer. What is wanted, handed over and served lives in one pure `FrontState`.
 """
 
 from __future__ import annotations
@@ -10,15 +12,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from autoscaler.engine.fleet import Fleet
-from autoscaler.front.apply import ApplyResult, NginxApplier
 from autoscaler.front.debounce import Debouncer
-from autoscaler.front.reload import reloader_for
+from autoscaler.front.fronts import FrontReport, Verdict, judge
 from autoscaler.front.render import RenderError, render
 from autoscaler.front.state import FrontState, Target
 from autoscaler.front.table import RouteTable, endpoints, route_table
@@ -29,21 +29,7 @@ from chatscale_contract.keys import Keys
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_FAILURE = 10.0
-
-
-class Applier(Protocol):
-    """Puts a rendered config into service (`apply.NginxApplier`)."""
-
-    async def apply(
-        self, text: str, version: str | None = None, force: bool = False
-    ) -> ApplyResult: ...
-
-
-def make_applier(nginx: NginxSettings) -> Applier | None:
-    """The applier the settings ask for; None when chatscale does not manage nginx."""
-    if not nginx.enabled:
-        return None
-    return NginxApplier(nginx, reloader_for(nginx), confirm_url=nginx.front_url)
+"""Seconds before a config that could not be rendered or handed over is tried again."""
 
 
 class Front:
@@ -51,7 +37,6 @@ class Front:
         self,
         nginx: NginxSettings,
         heartbeat_timeout: float,
-        applier: Applier | None,
         client: aioredis.Redis,
         keys: Keys,
         metrics: Metrics,
@@ -59,7 +44,6 @@ class Front:
     ):
         self.nginx = nginx
         self.heartbeat_timeout = heartbeat_timeout
-        self.applier = applier
         self.redis = client
         self.keys = keys
         self.metrics = metrics
@@ -67,62 +51,123 @@ class Front:
         self.template_dir = Path(nginx.template_dir)
         self.debouncer = Debouncer.from_settings(nginx.reload, clock.monotonic)
         self.state = FrontState()
+        self.fronts: tuple[FrontReport, ...] = ()
+        """Every front's last report (live or not), as read on the last pass."""
         self.table: RouteTable | None = None
         """The table wanted now (the last pass's)."""
         self.applied: RouteTable | None = None
-        """The table nginx was last confirmed to serve."""
+        """The table every live front was last confirmed to serve."""
+        self._published: RouteTable | None = None
 
     @property
     def error(self) -> str:
         return self.state.error
 
     async def update(self, fleet: Fleet, dry_run: bool) -> None:
-        """Called once per pass; applies the wanted table when it is due."""
+        """Called once per pass by the leader; hands over and confirms when due."""
         table = route_table(fleet, self.heartbeat_timeout)
         self.table = table
         self.metrics.exceptions.set(len(table.exceptions))
+        self.fronts = await self._reports()
         if dry_run:
             return
         state = self.state.want(Target.of(table.version, endpoints(fleet, table)))
-        if not state.in_step and (state.wanted != self.state.wanted or not self.debouncer.pending):
+        if state.to_publish and (state.wanted != self.state.wanted or not self.debouncer.pending):
             self.debouncer.changed()  # each new change restarts the quiet period (a retry too)
         self.state = state
-        if not state.due(self.clock.monotonic()) or not self.debouncer.due():
-            return
-        error = await self._apply(table, force=state.force) or await self._publish(table)
-        self.debouncer.applied()
-        if error:
-            self._failed(error)
-            retry_at = self.clock.monotonic() + RETRY_AFTER_FAILURE
-            self.state = state.failed(error, retry_at)
-        else:
-            self.state, self.applied = state.succeeded(), table
+        now = self.clock.monotonic()
+        if state.may_publish(now) and self.debouncer.due():
+            self.debouncer.applied()
+            error = await self._hand_over(table, state)
+            if error:
+                self._failed(error)
+                self.state = state.failed(error, now + RETRY_AFTER_FAILURE)
+                return
+            self.state, self._published = state.handed_over(now), table
+        if self.state.awaiting:
+            await self._confirm(now)
 
-    async def _apply(self, table: RouteTable, force: bool) -> str:
-        """Render and put into service; the error, or "" once nginx serves `table`."""
-        if self.applier is None:
+    async def _hand_over(self, table: RouteTable, state: FrontState) -> str:
+        """Render the wanted table and publish it for the fronts; the error, or ""."""
+        if not self.nginx.enabled:
             return ""
+        assert state.wanted is not None
         try:
             text = render(table, self.nginx, self.template_dir)
         except (RenderError, OSError) as exc:
             return f"render failed: {exc}"
-        result = await self.applier.apply(text, table.version, force=force)
-        if result.reloaded:
-            self.metrics.nginx_reloads.inc()
-            log.info(
-                "nginx reloaded: %d shard(s), %d exception(s), version %s",
-                len(table.shards),
-                len(table.exceptions),
-                table.version,
-            )
-        return result.error or ""
+        config = {
+            "generation": state.wanted.generation,
+            "version": table.version,
+            "text": text,
+            "ts": repr(self.clock.time()),
+        }
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self.keys.front_config, mapping=config)
+                pipe.publish(self.keys.front_nudge, state.wanted.generation)
+                await pipe.execute()
+        except RedisError as exc:
+            return f"could not publish the front config: {exc}"
+        log.info(
+            "front config %s published: %d shard(s), %d exception(s)",
+            state.wanted.generation,
+            len(table.shards),
+            len(table.exceptions),
+        )
+        return ""
+
+    async def _confirm(self, now: float) -> None:
+        state = self.state
+        assert state.published is not None and self._published is not None
+        verdict = self._verdict(state, now)
+        if not verdict.served:
+            if verdict.problem and verdict.problem != state.error:
+                self._failed(verdict.problem)
+            self.state = state.waiting(verdict.problem)
+            return
+        error = await self._publish_ring(self._published)
+        if error:
+            self._failed(error)
+            self.state = state.failed(error, state.retry_at)
+            return
+        self.metrics.nginx_reloads.inc()
+        self.state, self.applied = state.served(), self._published
+        if not verdict.live and self.nginx.enabled:
+            log.warning("no front is live: the ring is published without a front to confirm it")
+
+    def _verdict(self, state: FrontState, now: float) -> Verdict:
+        if not self.nginx.enabled:
+            return Verdict(True, ())
+        assert state.published is not None
+        return judge(
+            self.fronts,
+            state.published.generation,
+            now=self.clock.time(),
+            waited=now - state.published_at,
+            front_timeout=self.nginx.front_timeout,
+            lag_bound=self.nginx.confirm_timeout,
+        )
+
+    async def _reports(self) -> tuple[FrontReport, ...]:
+        """Every front's report; expired ones (a front that went away) drop out."""
+        try:
+            ids = await self.redis.zrange(self.keys.fronts, 0, -1)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for front_id in ids:
+                    pipe.hgetall(self.keys.front(front_id))
+                rows = await pipe.execute()
+            return tuple(FrontReport.parse(raw) for raw in rows if raw)
+        except (RedisError, KeyError, ValueError) as exc:
+            log.warning("front reports unreadable: %s", exc)
+            return self.fronts
 
     def _failed(self, error: str) -> None:
         self.metrics.nginx_failures.inc()
-        log.error("nginx not updated (the last good config keeps serving): %s", error)
+        log.error("fronts not updated (their last good config keeps serving): %s", error)
 
-    async def _publish(self, table: RouteTable) -> str:
-        """Tell the shards the ring nginx now uses (for their own placement of new sessions)."""
+    async def _publish_ring(self, table: RouteTable) -> str:
+        """Tell the shards the ring the fronts now use (for their own placement)."""
         ring = table.ring()
         members = [{"id": shard, "addr": addr} for shard, addr in ring.members]
         payload = json.dumps({"version": ring.fingerprint, "shards": members})

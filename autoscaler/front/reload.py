@@ -1,6 +1,6 @@
-"""Telling nginx to load its config file: a local master by signal, or a container.
+"""Telling the nginx beside the front agent to load its config file: SIGHUP to its master.
 
-Each reloader makes nginx read the live file (starting a local nginx if none runs) and raises
+`LocalReloader` makes nginx read the live file (starting nginx if none runs) and raises
 `ReloadError` saying why when it cannot; validation and installing the file are `apply`'s job.
 """
 
@@ -14,6 +14,8 @@ import signal
 import tempfile
 from pathlib import Path
 from typing import Protocol
+
+import psutil
 
 from chatscale_contract.config import NginxSettings
 
@@ -58,48 +60,33 @@ class LocalReloader:
             raise ReloadError(f"starting nginx failed (exit {code}): {output}")
 
 
-class DockerReloader:
-    """SIGHUP to the nginx container settings.container, through the Docker API."""
-
-    def __init__(self, settings: NginxSettings) -> None:
-        if not settings.container:
-            raise ValueError("DockerReloader needs nginx.container")
-        self.container = settings.container
-
-    async def reload(self) -> None:
-        await asyncio.to_thread(self._signal)
-
-    def _signal(self) -> None:
-        import docker  # lazily: a local deployment needs neither the SDK loaded nor an engine
-
-        try:
-            client = docker.from_env()
-            try:
-                client.containers.get(self.container).kill(signal="SIGHUP")
-            finally:
-                client.close()
-        except docker.errors.DockerException as exc:
-            raise ReloadError(f"could not signal container {self.container}: {exc}") from exc
-
-
-def reloader_for(settings: NginxSettings) -> Reloader:
-    """The reloader the settings ask for: Docker when a container is named, else local."""
-    return DockerReloader(settings) if settings.container else LocalReloader(settings)
-
-
 def running_pid(pid_path: Path) -> int | None:
-    """The pid in `pid_path` if it names a live nginx process, else None."""
+    """The pid in `pid_path` if it names a live (not zombie) nginx process, else None."""
     try:
         pid = int(pid_path.read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    # A stale pid file may name a recycled pid; never send SIGHUP to something else. (Without
-    # /proc, e.g. on macOS, the liveness check above is all there is.)
-    with contextlib.suppress(OSError):
-        if not Path(f"/proc/{pid}/comm").read_text().startswith("nginx"):
+        proc = psutil.Process(pid)
+        # A stale pid file may name a recycled pid; never send SIGHUP to something else.
+        if not proc.name().startswith("nginx") or proc.status() == psutil.STATUS_ZOMBIE:
             return None
+    except (OSError, ValueError, psutil.Error):
+        return None
     return pid
+
+
+def kill_leftovers(master: int) -> int:
+    """SIGKILL what is left of an nginx whose master `master` died: its workers.
+
+    A master killed outright leaves its workers running, and they keep the listening port, so a
+    new nginx could not start. The master made itself a session leader when it daemonized, so
+    its workers are exactly the processes of session `master`. Returns how many were killed.
+    """
+    killed = 0
+    for proc in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):
+            if proc.pid != master and os.getsid(proc.pid) == master:
+                proc.kill()
+                killed += 1
+    return killed
 
 
 async def run_command(argv: list[str], limit: float) -> tuple[int, str]:

@@ -1,74 +1,82 @@
-"""The nginx front's state in one value: what nginx serves, what is wanted, what is owed.
+"""The publishing side of the front in one value: what is wanted, published, and served.
 
-Purely computational, no side effects: every event (a new table, an apply that worked, one that
-failed) returns a new state, and `Front` does the I/O the state asks for. Keeping it in one
-object is what makes one rule easy to see and to test: the ring reaches the shards only after
-nginx has been *confirmed* to serve it, and a failed confirmation leaves a debt that the next
-attempt pays (reload and confirm again) before anything is published.
+Purely computational, no side effects: every event (a new table, a config handed to the fronts,
+every live front serving it, a failure) returns a new state, and `Front` does the I/O the state
+asks for. Keeping it in one object makes the rule easy to see and to test: the ring reaches the
+shards only once every live front is confirmed to serve the config it belongs to; until then
+the config stays published and the fronts' reports are read again on every pass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import cached_property
+
+from autoscaler.front.fronts import generation
 
 
 @dataclass(frozen=True)
 class Target:
-    """One routing table as nginx would load it: its version, and where its shards are."""
+    """One routing table as a front would load it: its version, and where its shards are."""
 
     version: str
     endpoints: tuple[tuple[str, str], ...] = ()
     """(shard id, host:port) where each routed shard really is. nginx resolves shard names only
     when it loads a config, so a shard replaced under its name needs a reload although the
-    rendered text (and the version) did not change."""
+    rendered text (and the version) did not change: that is a new generation."""
 
     @classmethod
     def of(cls, version: str, endpoints: Mapping[str, str]) -> Target:
         return cls(version, tuple(sorted(endpoints.items())))
 
+    @cached_property
+    def generation(self) -> str:
+        return generation(self.version, self.endpoints)
+
 
 @dataclass(frozen=True)
 class FrontState:
-    applied: Target | None = None
-    """What nginx is confirmed to serve, and the ring the shards were told. None at start."""
     wanted: Target | None = None
-    """What the fleet wants nginx to serve now."""
-    owed: bool = False
-    """The last attempt failed after it may have changed the live file (a reload or its
-    confirmation failed), so the next one must reload and confirm even an unchanged text."""
+    """What the fleet wants the fronts to serve now."""
+    published: Target | None = None
+    """The config handed to the fronts last (in Redis), served or not."""
+    published_at: float = 0.0
+    """When it was handed over (monotonic seconds)."""
+    applied: Target | None = None
+    """What every live front was confirmed to serve, and the ring the shards were told."""
     retry_at: float = 0.0
-    """No new attempt before this (monotonic seconds), after a failure."""
+    """No new attempt to publish before this (monotonic seconds), after a failure."""
     error: str = ""
-    """Why the last attempt failed; empty after a success."""
+    """What is wrong now: a failed render or write, fronts that refuse or lag; empty if none."""
 
     def want(self, target: Target) -> FrontState:
         return self if target == self.wanted else replace(self, wanted=target)
 
     @property
-    def in_step(self) -> bool:
-        """nginx serves what is wanted and nothing is owed: nothing to do."""
-        return self.wanted == self.applied and not self.owed
+    def to_publish(self) -> bool:
+        """The fronts have not been handed what is wanted."""
+        return self.wanted is not None and self.wanted != self.published
 
     @property
-    def force(self) -> bool:
-        """Reload even if the rendered text equals the live file: a reload or confirmation is
-        owed, or the same table now points at shards that moved."""
-        same_table = (
-            self.applied is not None
-            and self.wanted is not None
-            and self.applied.version == self.wanted.version
-        )
-        return self.owed or same_table
+    def awaiting(self) -> bool:
+        """A config was handed over, and not every live front was seen serving it yet."""
+        return self.published is not None and self.published != self.applied
 
-    def due(self, now: float) -> bool:
-        """An attempt is needed and allowed now (the debouncer decides the rest)."""
-        return not self.in_step and now >= self.retry_at
+    def may_publish(self, now: float) -> bool:
+        return self.to_publish and now >= self.retry_at
 
-    def succeeded(self) -> FrontState:
-        """nginx confirmed the wanted table and the ring was published."""
-        return FrontState(applied=self.wanted, wanted=self.wanted)
+    def handed_over(self, now: float) -> FrontState:
+        return replace(self, published=self.wanted, published_at=now, error="")
+
+    def served(self) -> FrontState:
+        """Every live front serves the published config, and the ring was published."""
+        return replace(self, applied=self.published, error="")
+
+    def waiting(self, problem: str) -> FrontState:
+        """Not served yet; `problem` says why, once it is worth reporting."""
+        return replace(self, error=problem)
 
     def failed(self, error: str, retry_at: float) -> FrontState:
-        """Rendering, validating, installing, reloading, confirming or publishing failed."""
-        return replace(self, owed=True, retry_at=retry_at, error=error)
+        """Rendering, handing over or publishing the ring failed; try again at `retry_at`."""
+        return replace(self, error=error, retry_at=retry_at)

@@ -27,7 +27,7 @@ from autoscaler.engine.decide import decide
 from autoscaler.engine.fleet import Fleet, FleetLimits, to_observed
 from autoscaler.engine.model import History, Observed, Plan, ShardState
 from autoscaler.engine.schedules import VALIDATION
-from autoscaler.front.front import Front, make_applier
+from autoscaler.front.front import Front
 from autoscaler.loop.act import Actor, ActSettings
 from autoscaler.loop.events import Event, EventLog
 from autoscaler.loop.leader import LeaderLock
@@ -152,15 +152,8 @@ class Daemon:
             self.metrics,
             self.clock,
         )
-        applier = make_applier(config.nginx)
         self.front = Front(
-            config.nginx,
-            config.heartbeat.timeout,
-            applier,
-            self.redis,
-            keys,
-            self.metrics,
-            self.clock,
+            config.nginx, config.heartbeat.timeout, self.redis, keys, self.metrics, self.clock
         )
         self.lock = LeaderLock(self.redis, keys.leader, self.holder, config.reconcile.leader_ttl)
 

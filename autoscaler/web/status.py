@@ -108,8 +108,28 @@ def status(daemon: Daemon) -> dict[str, Any]:
             "wanted_version": front.table.version if front.table else None,
             "exceptions": len(front.table.exceptions) if front.table else 0,
             "error": front.error or None,
+            "fronts": _fronts(daemon),
         },
     }
+
+
+def _fronts(daemon: Daemon) -> list[dict[str, Any]]:
+    """Every front that reported, what it serves, and whether that is the latest config."""
+    front, now = daemon.front, daemon.clock.time()
+    published = front.state.published.generation if front.state.published else None
+    return [
+        {
+            "id": r.id,
+            "node": r.node,
+            "generation": r.generation or None,
+            "version": r.version or None,
+            "current": r.generation == published,
+            "live": now - r.ts <= daemon.config.nginx.front_timeout,
+            "report_age": round(now - r.ts, 1),
+            "error": r.error or None,
+        }
+        for r in sorted(front.fronts, key=lambda r: r.id)
+    ]
 
 
 def _shards(daemon: Daemon) -> list[dict[str, Any]]:

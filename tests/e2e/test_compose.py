@@ -33,7 +33,6 @@ IMAGES = (
     "chatscale-shard:latest",
     "chatscale-autoscaler:latest",
     "chatscale-redis:offline",
-    "chatscale-nginx:offline",
 )
 SITE = "chatscale-fakesite"
 
@@ -64,13 +63,13 @@ class Compose:
             "services": {
                 "redis": {"ports": [f"127.0.0.1:{self.ports['redis']}:6379"]},
                 "autoscaler": {"volumes": [f"{config_path}:/etc/chatscale/config.yaml:ro"]},
+                "nginx": {"volumes": [f"{config_path}:/etc/chatscale/config.yaml:ro"]},
             }
         }
         (tmp_path / "override.yml").write_text(json.dumps(override))
         self.env = {
             **os.environ,
             "REDIS_IMAGE": "chatscale-redis:offline",
-            "NGINX_IMAGE": "chatscale-nginx:offline",
             "FRONT_PORT": str(self.ports["front"]),
             "STATUS_PORT": str(self.ports["status"]),
             "COMPOSE_PROJECT_NAME": "chatscale",

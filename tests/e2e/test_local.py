@@ -51,7 +51,6 @@ def local_config(folder: Path, redis_port: int, site: str) -> dict[str, Any]:
             "access_log": "nginx/access.log",
             "error_log": "nginx/error.log",
             "listen": front,
-            "front_url": f"http://127.0.0.1:{front}",
             "reload": {"min_interval": 0.5, "max_delay": 2},
         },
         "status": {"bind": f"127.0.0.1:{status}"},
@@ -90,7 +89,7 @@ async def test_run_local_end_to_end(site: str, tmp_path: Path, artifacts_dir: Pa
     started = time.monotonic()
     proc = start([str(ROOT / "scripts" / "run-local")], tmp_path / "run-local.log", env)
     try:
-        front = config["nginx"]["front_url"]
+        front = f"http://127.0.0.1:{config['nginx']['listen']}"
         status = f"http://{config['status']['bind']}"
 
         async def kill(shard_id: str) -> None:

@@ -1,21 +1,32 @@
-"""The front keeps nginx in step: a failed apply or confirmation is retried, and the ring is
-published only once nginx serves it."""
+"""The autoscaler hands nginx configs to the fronts through Redis; each front's agent applies them
+to a real nginx; the ring reaches the shards only once every live front serves the config.
+
+Each test runs one real agent with its own nginx (on one machine two fronts would share the
+rendered port and pid file); other fronts appear as their reports, written through the same
+`FrontReport` class their agents use. Real fronts on several nodes are tested in tests/swarm.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+import os
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
 
+import aiohttp
+import pytest
 import redis.asyncio as aioredis
 from support.clock import FakeClock
-from support.frontkit import Front as FrontKit
-from support.frontkit import Upstreams
+from support.frontkit import TEMPLATES, Upstreams, nginx_folder, nginx_settings, shard_for
 
 from autoscaler.engine.fleet import Fleet, ShardInstance
-from autoscaler.front.apply import ApplyResult, NginxApplier
+from autoscaler.front import agent as agent_module
+from autoscaler.front.agent import AgentIdentity, FrontAgent
 from autoscaler.front.front import RETRY_AFTER_FAILURE, Front
-from autoscaler.front.reload import LocalReloader
-from autoscaler.front.table import RouteTable
+from autoscaler.front.fronts import FrontReport
+from autoscaler.front.reload import LocalReloader, running_pid
 from autoscaler.metrics import Metrics
 from chatscale_contract.beat import Beat, ReportedState
 from chatscale_contract.config import NginxSettings, ReloadSettings
@@ -24,94 +35,176 @@ from chatscale_contract.keys import Keys
 KEYS = Keys("cs:")
 
 
-@dataclass
-class FlakyApplier:
-    """Stands in for NginxApplier (the project's own interface): fails the first N applies."""
+class SwitchableReloader(LocalReloader):
+    """A real reload that can be lost, as a signal that never reaches nginx would be."""
 
-    failures: int
-    calls: list[str] = field(default_factory=list)
-    forced: list[bool] = field(default_factory=list)
-
-    async def apply(
-        self, text: str, version: str | None = None, force: bool = False
-    ) -> ApplyResult:
-        self.calls.append(version or "")
-        self.forced.append(force)
-        if len(self.calls) <= self.failures:
-            return ApplyResult(changed=False, reloaded=False, error="nginx -t: boom")
-        return ApplyResult(changed=True, reloaded=True)
-
-
-def fleet(now: float) -> Fleet:
-    beat = Beat("shard-1", "127.0.0.1:8101", ReportedState.ACCEPTING, 0, 50, 0, 0, now)
-    instance = ShardInstance("shard-1", True, now - 100, "127.0.0.1:8101")
-    return Fleet(now, {"shard-1": instance}, {"shard-1": beat})
-
-
-async def test_failed_apply_is_retried_and_ring_published_after_success(
-    aredis: aioredis.Redis,
-) -> None:
-    clock = FakeClock()
-    nginx = NginxSettings(reload=ReloadSettings(min_interval=0, max_delay=0))
-    applier = FlakyApplier(failures=2)
-    front = Front(nginx, 20.0, applier, aredis, KEYS, Metrics(), clock)
-
-    for _ in range(2):
-        await front.update(fleet(clock.time()), dry_run=False)
-        assert front.error == "nginx -t: boom" and front.applied is None
-        assert await aredis.get(KEYS.ring) is None, "no ring published before nginx serves it"
-        clock.advance(RETRY_AFTER_FAILURE)
-    await front.update(fleet(clock.time()), dry_run=False)
-    assert front.error == "" and front.applied is not None
-    ring = json.loads(await aredis.get(KEYS.ring))
-    assert ring["shards"] == [{"id": "shard-1", "addr": "127.0.0.1:8101"}]
-    await front.update(fleet(clock.time()), dry_run=False)
-    assert len(applier.calls) == 3, "an unchanged table is not applied again"
-    assert applier.forced == [False, True, True], "a retry reloads even an unchanged text"
-
-
-class SwitchableReloader:
-    """A real reload (SIGHUP to the test's nginx) that can be turned into one nginx never gets,
-    as when the signal is lost or the front is another process that did not pick it up."""
-
-    def __init__(self, inner: LocalReloader) -> None:
-        self.inner = inner
-        self.lost = False
+    lost = False
 
     async def reload(self) -> None:
         if not self.lost:
-            await self.inner.reload()
+            await super().reload()
 
 
-async def test_a_front_that_never_confirms_never_gets_the_ring_published(
-    front: FrontKit, upstreams: Upstreams, aredis: aioredis.Redis
-) -> None:
-    """Real nginx, real applier: the reload of a new table never reaches nginx, so it keeps
-    serving the old version and the confirmation fails, again and again. The new ring must not
-    reach the shards; once nginx does serve it, the next retry confirms and only then publishes."""
-    clock = FakeClock()
-    reloader = SwitchableReloader(LocalReloader(front.settings))
-    reloader.lost = True
-    applier = NginxApplier(front.settings, reloader, confirm_url=front.url, confirm_timeout=0.3)
-    nginx = front.settings.model_copy(update={"reload": ReloadSettings(min_interval=0)})
-    ours = Front(nginx, 20.0, applier, aredis, KEYS, Metrics(), clock)
-    beat = Beat("shard-1", upstreams.addrs["shard-1"], ReportedState.ACCEPTING, 0, 50, 0, 0, 0.0)
-    instance = ShardInstance("shard-1", True, 0.0, beat.addr)
+@dataclass
+class Kit:
+    clock: FakeClock
+    settings: NginxSettings
+    reloader: SwitchableReloader
+    agent: FrontAgent
+    front: Front
+    upstreams: Upstreams
+    redis: aioredis.Redis
 
-    def observed() -> Fleet:
-        now = clock.time()
-        return Fleet(now, {"shard-1": instance}, {"shard-1": replace(beat, ts=now)})
+    def fleet(self, *shards: str) -> Fleet:
+        now = self.clock.time()
+        beats, instances = {}, {}
+        for shard in shards:
+            addr = self.upstreams.addrs[shard]
+            beats[shard] = Beat(shard, addr, ReportedState.ACCEPTING, 0, 50, 0, 0, now)
+            instances[shard] = ShardInstance(shard, True, now - 100, addr)
+        return Fleet(now, instances, beats)
 
-    for _ in range(4):
-        await ours.update(observed(), dry_run=False)
-        assert "did not serve version" in ours.error, ours.error
-        assert await aredis.get(KEYS.ring) is None, "ring published before nginx served it"
-        clock.advance(RETRY_AFTER_FAILURE)
-    assert await front.version() == RouteTable(()).version, "nginx still serves the old table"
+    async def ring(self) -> list[str] | None:
+        raw = await self.redis.get(KEYS.ring)
+        return None if raw is None else [m["id"] for m in json.loads(raw)["shards"]]
 
-    reloader.lost = False
-    await ours.update(observed(), dry_run=False)
-    assert ours.error == "" and ours.table is not None
-    assert await front.version() == ours.table.version
-    ring = json.loads(await aredis.get(KEYS.ring))
-    assert ring["shards"] == [{"id": "shard-1", "addr": upstreams.addrs["shard-1"]}]
+    async def other_front(self, front_id: str, generation: str) -> None:
+        """Another front, on another node, reports that it serves `generation`."""
+        report = FrontReport(front_id, "node-2", generation, "", self.clock.time())
+        await self.redis.hset(KEYS.front(front_id), mapping=report.fields())
+        await self.redis.zadd(KEYS.fronts, {front_id: report.ts})
+
+    async def served_by_nginx(self) -> str:
+        connector = aiohttp.TCPConnector(force_close=True)
+        url = f"http://127.0.0.1:{self.settings.listen}/__chatscale/config"
+        async with aiohttp.ClientSession(connector=connector) as http, http.get(url) as resp:
+            return str((await resp.json())["version"])
+
+
+@pytest.fixture
+async def kit(upstreams: Upstreams, aredis: aioredis.Redis) -> AsyncIterator[Kit]:
+    with nginx_folder() as folder:
+        clock = FakeClock()
+        settings = nginx_settings(folder, reload=ReloadSettings(min_interval=0, max_delay=0))
+        settings = settings.model_copy(update={"confirm_timeout": 2.0})
+        reloader = SwitchableReloader(settings)
+        agent = FrontAgent(
+            settings, AgentIdentity("front-a", "node-1"), reloader, aredis, KEYS, clock
+        )
+        front = Front(settings, 20.0, aredis, KEYS, Metrics(), clock)
+        try:
+            yield Kit(clock, settings, reloader, agent, front, upstreams, aredis)
+        finally:
+            await agent.stop_nginx()
+
+
+async def test_the_ring_follows_once_every_live_front_serves_the_config(kit: Kit) -> None:
+    await kit.other_front("front-b", "old")
+    await kit.front.update(kit.fleet("shard-1", "shard-2"), dry_run=False)
+    published = kit.front.state.published
+    assert published is not None and await kit.ring() is None
+    await kit.agent.step()  # front-a applies it: nginx starts on it
+    assert kit.agent.generation == published.generation
+    assert await kit.served_by_nginx() == published.version
+    await kit.front.update(kit.fleet("shard-1", "shard-2"), dry_run=False)
+    assert await kit.ring() is None, "front-b does not serve it yet"
+    await kit.other_front("front-b", published.generation)
+    await kit.front.update(kit.fleet("shard-1", "shard-2"), dry_run=False)
+    assert await kit.ring() == ["shard-1", "shard-2"]
+    assert kit.front.error == "" and kit.front.applied is not None
+    async with aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{kit.settings.listen}/api/sessions/alice"
+        owner = kit.front.applied.ring().owner("alice")
+        assert await shard_for(http, url) == owner
+
+
+async def test_a_front_that_never_confirms_never_gets_the_ring_published(kit: Kit) -> None:
+    """Real nginx, real agent: the reload of a new table never reaches nginx, so it keeps
+    serving the old one and the agent's confirmation fails, again and again. The new ring must
+    not reach the shards; once nginx does get the reload, the agent's retry confirms it and only
+    then is the ring published."""
+    await kit.agent.step()  # front-a is live (serving nothing yet)
+    await kit.front.update(kit.fleet("shard-1"), dry_run=False)
+    assert await kit.ring() is None
+    await kit.agent.step()
+    await kit.front.update(kit.fleet("shard-1"), dry_run=False)
+    assert await kit.ring() == ["shard-1"]
+    first = await kit.served_by_nginx()
+
+    kit.reloader.lost = True
+    await kit.front.update(kit.fleet("shard-1", "shard-2"), dry_run=False)
+    for _ in range(3):
+        await kit.agent.step()  # applies, or retries: the reload is lost, nginx never confirms
+        assert "did not serve version" in kit.agent.error, kit.agent.error
+        await kit.front.update(kit.fleet("shard-1", "shard-2"), dry_run=False)
+        assert "front front-a could not apply the config" in kit.front.error, kit.front.error
+        assert await kit.ring() == ["shard-1"], "ring published before nginx served it"
+        kit.clock.advance(agent_module.RETRY_AFTER_FAILURE)
+    assert await kit.served_by_nginx() == first, "nginx still serves the old table"
+
+    kit.reloader.lost = False
+    await kit.agent.step()
+    await kit.front.update(kit.fleet("shard-1", "shard-2"), dry_run=False)
+    assert kit.front.error == ""
+    assert await kit.ring() == ["shard-1", "shard-2"]
+    assert kit.front.applied is not None
+    assert await kit.served_by_nginx() == kit.front.applied.version
+
+
+async def test_a_lagging_front_is_reported_and_a_silent_one_not_waited_for(kit: Kit) -> None:
+    await kit.other_front("front-b", "old")
+    await kit.front.update(kit.fleet("shard-1"), dry_run=False)
+    await kit.agent.step()
+    kit.clock.advance(kit.settings.confirm_timeout + 1)
+    await kit.agent.step()  # front-a keeps reporting; front-b fell silent
+    await kit.other_front("front-b", "old")
+    await kit.front.update(kit.fleet("shard-1"), dry_run=False)
+    assert kit.front.error.startswith("front front-b lags: serves old"), kit.front.error
+    assert await kit.ring() is None
+    kit.clock.advance(kit.settings.front_timeout + 1)  # front-b's last report is now too old
+    await kit.agent.step()
+    await kit.front.update(kit.fleet("shard-1"), dry_run=False)
+    assert kit.front.error == "" and await kit.ring() == ["shard-1"]
+
+
+async def test_the_agent_brings_back_an_nginx_that_was_killed(kit: Kit) -> None:
+    await kit.front.update(kit.fleet("shard-1"), dry_run=False)
+    await kit.agent.step()
+    pid = running_pid(Path(kit.settings.pid_path))
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    await kit.agent.step()
+    assert kit.agent.restarts == 1
+    back = running_pid(Path(kit.settings.pid_path))
+    assert back is not None and back != pid
+    assert await kit.served_by_nginx() == kit.agent.version
+
+
+async def test_a_render_failure_is_reported_and_retried(kit: Kit, tmp_path: Path) -> None:
+    broken = tmp_path / "templates"
+    broken.mkdir()
+    (broken / "nginx.conf.j2").write_text("{% if %}")
+    kit.front.template_dir = broken
+    await kit.front.update(kit.fleet("shard-1"), dry_run=False)
+    assert kit.front.error.startswith("render failed: template"), kit.front.error
+    assert await kit.redis.exists(KEYS.front_config) == 0, "nothing handed to the fronts"
+    kit.front.template_dir = TEMPLATES
+    await kit.front.update(kit.fleet("shard-1"), dry_run=False)
+    assert await kit.redis.exists(KEYS.front_config) == 0, "not before the retry time"
+    kit.clock.advance(RETRY_AFTER_FAILURE)
+    await kit.front.update(kit.fleet("shard-1"), dry_run=False)
+    assert await kit.redis.exists(KEYS.front_config) == 1 and kit.front.error == ""
+
+
+async def test_a_moved_shard_is_a_new_generation_every_front_reloads(kit: Kit) -> None:
+    await kit.front.update(kit.fleet("shard-1"), dry_run=False)
+    await kit.agent.step()
+    first = kit.agent.generation
+    fleet = kit.fleet("shard-1")
+    moved = replace(fleet.instances["shard-1"], endpoint="10.9.9.9:8000")
+    await kit.front.update(replace(fleet, instances={"shard-1": moved}), dry_run=False)
+    await kit.agent.step()
+    published = kit.front.state.published
+    assert published is not None
+    assert kit.agent.generation == published.generation != first
+    assert kit.agent.version == published.version

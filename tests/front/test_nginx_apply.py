@@ -16,10 +16,8 @@ from support.procs import port_open, wait_for
 
 from autoscaler.front.apply import NginxApplier, confirm
 from autoscaler.front.reload import (
-    DockerReloader,
     LocalReloader,
     ReloadError,
-    reloader_for,
     running_pid,
 )
 from autoscaler.front.render import RenderError, render
@@ -176,16 +174,6 @@ async def test_local_reloader_starts_nginx_when_none_runs(
             os.kill(pid, signal.SIGQUIT)
             wait_for(lambda: not port_open(settings.listen), 10, "nginx to stop")
             wait_for(lambda: running_pid(Path(settings.pid_path)) is None, 10, "nginx to exit")
-
-
-async def test_docker_reloader_reports_a_missing_container(nginx_dir: Path) -> None:
-    # Whether or not a Docker engine answers here, a container that does not exist is an error
-    # the applier can report, never an exception escaping it.
-    settings = nginx_settings(nginx_dir, container="chatscale-test-no-such-nginx")
-    with pytest.raises(ReloadError, match="chatscale-test-no-such-nginx"):
-        await DockerReloader(settings).reload()
-    assert isinstance(reloader_for(settings), DockerReloader)
-    assert isinstance(reloader_for(nginx_settings(nginx_dir)), LocalReloader)
 
 
 def test_stale_pid_file_names_no_nginx(nginx_dir: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -103,6 +104,17 @@ class Scenario:
             return []
         return [s["id"] for s in shards if s["state"] == "ready"]
 
+    async def front_routes(self) -> bool:
+        """The front serves the config the autoscaler last confirmed, and it has shards."""
+        try:
+            nginx = (await self.status())["nginx"]
+            async with self.http.get(f"{self.s.front}/__chatscale/config") as resp:
+                served = (await resp.json(content_type=None)).get("version")
+        except (aiohttp.ClientError, ValueError, AttributeError):
+            return False
+        ring = await self.redis.get(KEYS.ring)
+        return served == nginx["applied_version"] and bool(ring and json.loads(ring)["shards"])
+
     async def until(self, check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
         began = time.monotonic()
         while not await check():
@@ -143,10 +155,13 @@ class Scenario:
         return self.report
 
     async def first_shard(self) -> None:
-        async def one() -> bool:
-            return bool(await self.ready_shards())
+        """Up: a shard is ready and the front serves a config that routes to it (the ring has
+        been published, which happens only once every live front serves that config)."""
 
-        await self.until(one, 240, "the first shard ready")
+        async def one() -> bool:
+            return bool(await self.ready_shards()) and await self.front_routes()
+
+        await self.until(one, 240, "the first shard ready and routed by the front")
         self.report.timings["up_to_first_shard_ready"] = time.monotonic() - self.started
 
     async def create_all(self) -> None:

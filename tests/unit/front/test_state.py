@@ -1,4 +1,4 @@
-"""The nginx front's state (pure): when to apply, when to force a reload, what a failure owes."""
+"""The publishing side of the front (pure): when to hand a config over, when it counts as served."""
 
 from __future__ import annotations
 
@@ -9,31 +9,31 @@ MOVED = Target.of("v1", {"shard-1": "10.0.0.9:8000"})
 B = Target.of("v2", {"shard-1": "10.0.0.2:8000", "shard-2": "10.0.0.3:8000"})
 
 
-def test_a_new_table_is_due_and_a_served_one_is_not() -> None:
+def test_a_new_table_is_handed_over_then_awaited_until_served() -> None:
     state = FrontState().want(A)
-    assert state.due(now=0) and not state.force
-    served = state.succeeded()
-    assert served.applied == A and served.in_step and not served.due(now=0)
+    assert state.may_publish(now=0) and not state.awaiting
+    handed = state.handed_over(now=5)
+    assert handed.published == A and handed.published_at == 5
+    assert handed.awaiting and not handed.to_publish
+    served = handed.served()
+    assert served.applied == A and not served.awaiting and not served.to_publish
     assert served.want(A) is served, "an unchanged wish changes nothing"
 
 
-def test_a_shard_that_moved_forces_a_reload_of_the_same_text() -> None:
-    state = FrontState().want(A).succeeded().want(MOVED)
-    assert state.due(now=0) and state.force
+def test_a_shard_that_moved_is_a_new_generation_of_the_same_table() -> None:
+    assert MOVED.version == A.version and MOVED.generation != A.generation
+    served = FrontState().want(A).handed_over(0).served()
+    assert served.want(MOVED).to_publish
 
 
-def test_another_table_needs_no_force() -> None:
-    assert not FrontState().want(A).succeeded().want(B).force
+def test_nothing_counts_as_served_before_it_is_confirmed() -> None:
+    served = FrontState().want(A).handed_over(0).served()
+    waiting = served.want(B).handed_over(1).waiting("front f1 lags")
+    assert waiting.applied == A and waiting.awaiting and waiting.error == "front f1 lags"
+    assert not waiting.to_publish, "a lagging front is waited for, not handed the config again"
 
 
-def test_a_failure_waits_and_then_owes_a_forced_retry_even_for_the_served_table() -> None:
-    served = FrontState().want(A).succeeded()
-    failed = served.want(B).failed("nginx did not serve version v2", retry_at=10)
-    assert failed.applied == A, "nothing counts as served before a confirmation"
-    assert not failed.due(now=9) and failed.due(now=10)
-    assert failed.force and failed.error
-    # Even when the fleet goes back to the table nginx was confirmed to serve, the attempt that
-    # failed may have installed another file: reload and confirm before calling it served.
-    back = failed.want(A)
-    assert not back.in_step and back.force
-    assert back.succeeded() == FrontState(applied=A, wanted=A)
+def test_a_failed_hand_over_waits_before_the_next_attempt() -> None:
+    failed = FrontState().want(A).failed("render failed: boom", retry_at=10)
+    assert failed.error and not failed.may_publish(now=9) and failed.may_publish(now=10)
+    assert failed.handed_over(now=10).error == ""

@@ -1,0 +1,197 @@
+"""The front agent: keeps the nginx beside it serving the config the autoscaler publishes.
+
+`autoscaler front-agent` runs wherever an nginx front runs (its container, a Swarm node, or
+next to a local nginx) and, every `nginx.agent_interval` seconds and at once when nudged:
+
+1. keeps nginx alive: if its master is gone (crashed, killed), starts it again on the last good
+   config on disk, so a front never stays down waiting for a person;
+2. applies a newly published generation with the same steps as ever (`apply.NginxApplier`:
+   `nginx -t`, atomic install, reload, confirm on its own port); a refused or unconfirmed
+   config leaves the last good one serving and is retried after `RETRY_AFTER_FAILURE`;
+3. reports which generation its nginx serves (`Keys.front`, with a TTL), so the autoscaler
+   publishes a new ring to the shards only once every live front serves it.
+
+Nothing is shared between nodes but Redis: no file, no Docker socket, no signal from afar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from autoscaler.front.apply import NginxApplier
+from autoscaler.front.fronts import FrontReport
+from autoscaler.front.reload import Reloader, kill_leftovers, running_pid
+from chatscale_contract.clock import Clock
+from chatscale_contract.config import NginxSettings
+from chatscale_contract.keys import Keys
+
+log = logging.getLogger(__name__)
+RETRY_AFTER_FAILURE = 10.0
+"""Seconds before a generation that was refused or not confirmed is tried again."""
+
+
+@dataclass(frozen=True)
+class AgentIdentity:
+    front_id: str
+    """Unique per front (its container's hostname by default)."""
+    node: str
+    """The machine it runs on, as the status page should name it."""
+
+
+class FrontAgent:
+    def __init__(
+        self,
+        nginx: NginxSettings,
+        identity: AgentIdentity,
+        reloader: Reloader,
+        client: aioredis.Redis,
+        keys: Keys,
+        clock: Clock,
+    ):
+        self.nginx = nginx
+        self.identity = identity
+        self.reloader = reloader
+        self.applier = NginxApplier(
+            nginx,
+            reloader,
+            confirm_url=f"http://127.0.0.1:{nginx.listen}",
+            confirm_timeout=nginx.confirm_timeout,
+        )
+        self.redis = client
+        self.keys = keys
+        self.clock = clock
+        self.generation = ""
+        """The generation nginx is confirmed to serve."""
+        self.version = ""
+        self.error = ""
+        self.error_generation = ""
+        self.retry_at = 0.0
+        self.restarts = 0
+        """How often nginx had to be started again after it died."""
+        self._master: int | None = None
+        """The last nginx master seen alive (whose workers to clear away if it dies)."""
+
+    async def step(self) -> None:
+        """One round: nginx alive, the newest generation applied (when due), the report sent."""
+        await self._keep_alive()
+        await self._sync()
+        self._master = running_pid(Path(self.nginx.pid_path)) or self._master
+        await self._report()
+
+    async def run(self, wake: asyncio.Event) -> None:
+        """Rounds every `agent_interval` seconds, or at once when `wake` is set (a nudge)."""
+        while True:
+            try:
+                await self.step()
+            except (RedisError, OSError) as exc:
+                log.warning("front agent round failed (retrying): %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.nginx.agent_interval)
+            wake.clear()
+
+    async def _keep_alive(self) -> None:
+        if running_pid(Path(self.nginx.pid_path)) is not None:
+            return
+        if not self.generation:
+            return  # nothing applied yet: nginx starts with the first config
+        self.restarts += 1
+        left = await asyncio.to_thread(kill_leftovers, self._master) if self._master else 0
+        log.error(
+            "nginx is not running (%d orphaned worker(s) killed); starting it again on the last"
+            " good config",
+            left,
+        )
+        await self.reloader.reload()  # a local reloader starts nginx when none runs
+
+    async def _sync(self) -> None:
+        wanted = await self.redis.hget(self.keys.front_config, "generation")
+        if not wanted or wanted == self.generation:
+            return
+        if wanted == self.error_generation and self.clock.monotonic() < self.retry_at:
+            return
+        # Read again as a whole: a newer config may have been published meanwhile.
+        generation, version, text = await self.redis.hmget(
+            self.keys.front_config, "generation", "version", "text"
+        )
+        if not generation or text is None:
+            return
+        # force: the same text as on disk still needs a reload (a shard moved) and proof.
+        result = await self.applier.apply(text, version, force=True)
+        if result.ok:
+            log.info("serving generation %s (table %s)", generation, version)
+            self.generation, self.version, self.error, self.error_generation = (
+                generation,
+                version,
+                "",
+                "",
+            )
+            return
+        log.error("generation %s not applied (the last good config serves): %s", generation, result)
+        self.error, self.error_generation = result.error or "failed", generation
+        self.retry_at = self.clock.monotonic() + RETRY_AFTER_FAILURE
+
+    async def _report(self) -> None:
+        report = FrontReport(
+            id=self.identity.front_id,
+            node=self.identity.node,
+            generation=self.generation,
+            version=self.version,
+            ts=self.clock.time(),
+            error=self.error,
+            error_generation=self.error_generation,
+        )
+        key = self.keys.front(self.identity.front_id)
+        ttl_ms = int(max(self.nginx.front_timeout, 2 * self.nginx.agent_interval) * 1000)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=report.fields())
+            pipe.pexpire(key, ttl_ms)
+            pipe.zadd(self.keys.fronts, {self.identity.front_id: report.ts})
+            # Fronts gone for a day are forgotten (their report keys expired long ago).
+            pipe.zremrangebyscore(self.keys.fronts, "-inf", report.ts - 86400)
+            await pipe.execute()
+
+    async def withdraw(self) -> None:
+        """A clean exit: the autoscaler stops waiting for this front at once."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.front(self.identity.front_id))
+            pipe.zrem(self.keys.fronts, self.identity.front_id)
+            await pipe.execute()
+
+    async def stop_nginx(self) -> None:
+        """Let nginx finish the requests in flight (SIGQUIT), bounded by its shutdown timeout."""
+        pid = running_pid(Path(self.nginx.pid_path))
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGQUIT)
+        for _ in range(int(self.nginx.worker_shutdown_timeout * 10) + 20):
+            if running_pid(Path(self.nginx.pid_path)) is None:
+                return
+            await asyncio.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def listen(client: aioredis.Redis, keys: Keys, wake: asyncio.Event) -> None:
+    """Set `wake` whenever a new config is announced; resubscribe after a lost connection."""
+    while True:
+        try:
+            async with client.pubsub() as pubsub:
+                await pubsub.subscribe(keys.front_nudge)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        wake.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # this listener must outlive any single failure
+            log.warning("front nudge channel lost (%s); resubscribing in 2 s", exc)
+            await asyncio.sleep(2)
