@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from autoscaler.front.agent import AgentIdentity, FrontAgent, listen
 from autoscaler.front.reload import LocalReloader
 from autoscaler.loop.daemon import Daemon
+from autoscaler.runtimes.base import RuntimeFailure
 from autoscaler.web.status import init_app
 from chatscale_contract.clock import SYSTEM
 from chatscale_contract.config import Config
@@ -95,6 +96,11 @@ async def serve(config: Config, config_path: Path | None) -> int:
     """`autoscaler run`: passes, status server and signal handling until SIGTERM or SIGINT."""
     async with contextlib.AsyncExitStack() as stack:
         daemon = await stack.enter_async_context(Daemon(config, config_path))
+        try:
+            await daemon.runtime.check()
+        except RuntimeFailure as exc:
+            log.error("cannot run shards with runtime %s: %s", config.runtime.kind, exc)
+            return 2
         await stack.enter_async_context(_status_server(daemon, config.status.bind))
         log.info(
             "autoscaler %s: runtime %s, %d-%d shards, status on http://%s/%s",

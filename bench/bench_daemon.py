@@ -49,8 +49,17 @@ class ListOnlyRuntime:
             for n in range(1, count + 1)
         ]
 
+    async def check(self) -> None:
+        pass
+
     async def list_shards(self) -> list[ShardInstance]:
         return self.instances
+
+    async def cluster(self) -> None:
+        return None
+
+    async def replace(self, shard_id: str, timeout: float) -> None:
+        raise RuntimeError("list-only runtime")
 
     async def inspect(self, shard_id: str) -> ShardInstance | None:
         return next((i for i in self.instances if i.shard_id == shard_id), None)

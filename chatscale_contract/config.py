@@ -267,12 +267,43 @@ class LocalRuntime(Frozen):
     """Each shard's output goes to <log_dir>/<shard id>.log."""
 
 
+def _check_preference(value: str) -> str:
+    strategy, sep, descriptor = value.partition("=")
+    if strategy.strip() != "spread" or not sep or not descriptor.strip():
+        raise ValueError(
+            f"{value!r} is not a placement preference such as 'spread=node.labels.zone'"
+        )
+    return value
+
+
+def _check_constraint(value: str) -> str:
+    if "==" not in value and "!=" not in value:
+        raise ValueError(
+            f"{value!r} is not a placement constraint such as 'node.labels.shards == true'"
+        )
+    return value
+
+
+class SwarmRuntime(Frozen):
+    memory_reservation: Size | None = None
+    """Memory each shard's service reserves, so the scheduler places it only on a node with that
+    much free. None: shard.memory_limit, so no node is ever given more shards than it holds."""
+    constraints: tuple[Annotated[str, AfterValidator(_check_constraint)], ...] = ()
+    """Placement constraints of every shard service, e.g. "node.labels.chatscale == shards"."""
+    preferences: tuple[Annotated[str, AfterValidator(_check_preference)], ...] = ()
+    """Placement preferences, e.g. "spread=node.labels.zone" (spread shards over zones)."""
+    restart_delay: float = Field(default=5.0, ge=0)
+    """Seconds Swarm waits before restarting a crashed shard task."""
+
+
 class RuntimeSettings(Frozen):
-    kind: Literal["docker", "local"] = "docker"
-    """Where shards run: Docker containers, or child processes without Docker."""
+    kind: Literal["docker", "local", "swarm"] = "docker"
+    """Where shards run: Docker containers on one host, child processes without Docker, or
+    Docker Swarm services on many hosts."""
     project: str = Field(default="chatscale", pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    """Label and name prefix of every shard container (<project>-shard-<n>)."""
+    """Label and name prefix of every shard container or service (<project>-shard-<n>)."""
     local: LocalRuntime = LocalRuntime()
+    swarm: SwarmRuntime = SwarmRuntime()
 
 
 class ReconcileSettings(Frozen):
@@ -305,6 +336,15 @@ class Config(Frozen):
     runtime: RuntimeSettings = RuntimeSettings()
     nginx: NginxSettings = NginxSettings()
     status: StatusSettings = StatusSettings()
+
+    @model_validator(mode="after")
+    def _swarm_needs_a_network(self) -> Config:
+        if self.runtime.kind == "swarm" and not self.shard.network:
+            raise ValueError(
+                "runtime.kind swarm needs shard.network: an attachable overlay network the fronts"
+                " and the autoscaler are on too (the stack file makes one)"
+            )
+        return self
 
     def fingerprint(self) -> str:
         """Short hash of the shard-relevant settings; labels containers started with them."""

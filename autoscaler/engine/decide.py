@@ -135,7 +135,7 @@ def decide(observed: Observed, policy: Policy, history: History, now: float) -> 
     # whatever the stabilization windows say.
     desired = min(max(desired, bounded(0, policy, now)[0]), policy.max_shards)
     taken = {shard_number(s.id) for s in observed.shards}
-    grow = _grow(draining, desired - current, policy, taken)
+    grow = _grow(draining, desired - current, policy, taken, observed.room)
     cancelled = {a.shard_id for a in grow if a.kind == ActionKind.CANCEL_DRAIN}
     # While a dead shard is being brought back (or its replacement, still starting, restores
     # its sessions) those sessions are in flight; shrinking now would move them twice.
@@ -151,6 +151,7 @@ def decide(observed: Observed, policy: Policy, history: History, now: float) -> 
         *_finish_drains(draining, skip=cancelled),
     ]
     reasons = (*need.reasons, *bound_reasons, *stable_reasons, *_overdue(draining, policy, now))
+    reasons = (*reasons, *_room_reasons(observed, grow, desired - current), *observed.notes)
     if desired < current and recovering:
         reasons = (*reasons, "scale-down waits until replaced shards have their sessions back")
     if len(dead) > len(replace):
@@ -175,8 +176,11 @@ def _dead_reason(shard: ShardView) -> str:
     return f"dead ({age}); same id so its {shard.sessions} session(s) come back"
 
 
-def _grow(draining: list[ShardView], deficit: int, policy: Policy, taken: set[int]) -> list[Action]:
-    """Cancel drains first (their shards are warm and hold sessions), then start new shards."""
+def _grow(
+    draining: list[ShardView], deficit: int, policy: Policy, taken: set[int], room: int | None
+) -> list[Action]:
+    """Cancel drains first (their shards are warm and hold sessions), then start new shards,
+    as many as the runtime has room for."""
     if deficit <= 0:
         return []
     fullest_first = sorted(draining, key=lambda s: -s.sessions)
@@ -187,9 +191,22 @@ def _grow(draining: list[ShardView], deficit: int, policy: Policy, taken: set[in
         for s in fullest_first[:deficit]
     ]
     starts = min(deficit - len(actions), policy.scale_up.max_step)
+    if room is not None:
+        starts = min(starts, room)
     for number in _free_numbers(taken, starts):
         actions.append(Action(ActionKind.START, shard_id(number), f"scale up by {deficit}"))
     return actions
+
+
+def _room_reasons(observed: Observed, grow: list[Action], deficit: int) -> list[str]:
+    """Why fewer shards start than the fleet needs, when the runtime is out of room."""
+    started = sum(1 for a in grow if a.kind == ActionKind.START)
+    wanted = deficit - (len(grow) - started)
+    if observed.room is None or started >= wanted or started < observed.room:
+        return []  # all started, or the pace (scale_up.max_step) and not the room held them
+    if observed.room == 0:
+        return [observed.room_reason or "no room for another shard"]
+    return [f"only {observed.room} more shard(s) fit; {wanted - started} wait for room"]
 
 
 def _free_numbers(taken: set[int], count: int) -> list[int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from autoscaler.engine.cluster import Cluster, room
 from autoscaler.engine.model import Observed, ShardState, ShardView
 from chatscale_contract.beat import Beat, ReportedState
 from chatscale_contract.config import Config, parse_size
@@ -34,7 +35,14 @@ class ShardInstance:
     memory_limit_bytes: int = 0
     """0 when the runtime sets no limit (local processes)."""
     detail: str = ""
+    """The runtime's own words for its state (Swarm: the task state and the scheduler's
+    message, e.g. "pending: no suitable node (insufficient resources on 3 nodes)")."""
     labels: dict[str, str] = field(default_factory=dict)
+    waiting: bool = False
+    """Not running yet because the runtime is still placing or preparing it (a Swarm task that
+    is pending, assigned, preparing, starting)."""
+    node: str = ""
+    """The machine it runs on, where the runtime has several (Swarm)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,8 @@ class Fleet:
     pending: int = 0
     orphans: tuple[str, ...] = ()
     error: str = ""
+    cluster: Cluster | None = None
+    """The nodes and what is reserved on them, where the runtime knows (Swarm)."""
     fresh_since: float = 0.0
     """Since when observations have been readable without a gap. Heartbeats that went missing
     while Redis was unreachable prove nothing about the shards."""
@@ -87,6 +97,7 @@ def classify(
 
     - running with a fresh heartbeat: ready (or draining, as the shard reports);
     - running, silent, but started less than `boot_timeout` ago: starting;
+    - not running yet because the runtime is still placing it: starting, however long it takes;
     - running and silent for longer, or not running at all: dead (it gets replaced);
     - no container or process, but sessions still recorded as its own: dead (they come back
       when it is replaced under the same id);
@@ -95,6 +106,10 @@ def classify(
     fresh = beat is not None and beat.fresh(now, limits.heartbeat_timeout)
     if instance is None:
         return ShardState.DEAD if owned > 0 else None
+    if not instance.running and instance.waiting:
+        # Being placed or prepared by the runtime (a Swarm task waiting for a node with room):
+        # not dead, and replacing it would not make it start sooner. See `_notes`.
+        return ShardState.STARTING
     if not instance.running:
         return ShardState.DEAD
     if fresh and beat is not None:
@@ -120,7 +135,25 @@ def to_observed(fleet: Fleet, limits: FleetLimits) -> Observed:
         state = classify(instance, beat, owned, fleet.now, limits, fleet.fresh_since)
         if state is not None:
             views.append(_view(shard_id, state, beat, owned, fleet.now))
-    return Observed(tuple(views), max_sessions, memory, pending=fleet.pending)
+    space = room(fleet.cluster) if fleet.cluster is not None else None
+    return Observed(
+        tuple(views),
+        max_sessions,
+        memory,
+        pending=fleet.pending,
+        room=space.shards if space else None,
+        room_reason=space.reason if space else "",
+        notes=_notes(fleet, limits),
+    )
+
+
+def _notes(fleet: Fleet, limits: FleetLimits) -> tuple[str, ...]:
+    """Shards the runtime has been placing for longer than a boot: say why, in its words."""
+    return tuple(
+        f"{i.shard_id} not placed after {fleet.now - i.started_at:.0f} s: {i.detail}"
+        for i in sorted(fleet.instances.values(), key=lambda i: shard_number(i.shard_id))
+        if i.waiting and not i.running and fleet.now - i.started_at > limits.boot_timeout
+    )
 
 
 def _known_ids(fleet: Fleet) -> list[str]:

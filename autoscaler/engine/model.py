@@ -49,6 +49,13 @@ class Observed:
     fresh: bool = True
     """False when the store could not be read or the data cannot be trusted."""
     stale_reason: str = ""
+    room: int | None = None
+    """How many more shards the runtime can place now; None when it sets no bound (one Docker
+    host, local processes). On Swarm: free reservable memory of the eligible nodes."""
+    room_reason: str = ""
+    """Why there is no room, in words an operator can act on (set when `room` is 0)."""
+    notes: tuple[str, ...] = ()
+    """Facts worth a line in the plan's reasons (a shard waiting for the scheduler)."""
 
     @property
     def sessions(self) -> int:

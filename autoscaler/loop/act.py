@@ -123,8 +123,7 @@ class Actor:
         await self.runtime.start(shard_id)
 
     async def _replace(self, shard_id: str, fleet: Fleet) -> None:
-        await self.runtime.stop(shard_id, REPLACE_STOP_TIMEOUT)
-        await self.runtime.start(shard_id)
+        await self.runtime.replace(shard_id, REPLACE_STOP_TIMEOUT)
 
     async def _stop(self, shard_id: str, fleet: Fleet) -> None:
         # The plan was made from an observation a moment old; check again right before acting,

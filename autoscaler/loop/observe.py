@@ -36,6 +36,7 @@ class Observer:
         now = self.clock.time()
         try:
             instances = {i.shard_id: i for i in await self.runtime.list_shards()}
+            cluster = await self.runtime.cluster()
         except RuntimeFailure as exc:
             self.fresh_since = None
             return Fleet(now, error=f"runtime unreadable: {exc}")
@@ -48,7 +49,17 @@ class Observer:
         if self.fresh_since is None:
             self.fresh_since = now
         since = self.fresh_since
-        return Fleet(now, instances, beats, owners, owned, pending, orphans, fresh_since=since)
+        return Fleet(
+            now,
+            instances,
+            beats,
+            owners,
+            owned,
+            pending,
+            orphans,
+            cluster=cluster,
+            fresh_since=since,
+        )
 
     async def _registry(self) -> tuple[dict[str, Beat], dict[str, str], dict[str, int]]:
         listed = await self.redis.zrange(self.keys.shards, 0, -1)

@@ -13,6 +13,10 @@ def make_runtime(config: Config) -> Runtime:
         from autoscaler.runtimes.local import LocalRuntime
 
         return LocalRuntime(config)
+    if config.runtime.kind == "swarm":
+        from autoscaler.runtimes.swarm import SwarmRuntime
+
+        return SwarmRuntime(config)
     from autoscaler.runtimes.docker import DockerRuntime
 
     return DockerRuntime(config)

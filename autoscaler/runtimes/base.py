@@ -1,20 +1,29 @@
-"""The narrow interface to wherever shards run: list, start, stop, signal, inspect.
+"""The narrow interface to wherever shards run: list, start, stop, replace, signal, inspect.
 
-Implementations: `docker.DockerRuntime` (containers, the default) and `local.LocalRuntime`
-(child processes, no Docker); `autoscaler.runtimes.make_runtime` picks one from the config.
+Implementations: `docker.DockerRuntime` (containers, the default), `local.LocalRuntime` (child
+processes, no Docker) and `swarm.SwarmRuntime` (one Swarm service per shard, many hosts);
+`autoscaler.runtimes.make_runtime` picks one from the config.
 None keeps state in memory that a restart would lose: Docker labels, or a marker in each
 process's environment, are the only truth about which shards exist.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol
 
+from autoscaler.engine.cluster import Cluster
 from autoscaler.engine.fleet import ShardInstance
 from chatscale_contract.config import Config
 from chatscale_contract.ids import shard_number
 
-__all__ = ["Runtime", "RuntimeFailure", "ShardInstance", "by_number", "shard_env"]
+__all__ = ["Runtime", "RuntimeFailure", "ShardInstance", "by_number", "epoch", "shard_env"]
+
+LABEL_PROJECT = "chatscale.project"
+LABEL_SHARD = "chatscale.shard"
+LABEL_CONFIG = "chatscale.config"
+"""Labels on every shard container or service: the project, the shard id, and a hash of the
+shard settings it was started with."""
 
 
 class RuntimeFailure(Exception):
@@ -24,7 +33,16 @@ class RuntimeFailure(Exception):
 class Runtime(Protocol):
     """Where shards run. Methods are idempotent: starting a running shard is not an error."""
 
+    async def check(self) -> None:
+        """Raise RuntimeFailure, saying what to do, if shards cannot run here at all."""
+        ...
+
     async def list_shards(self) -> list[ShardInstance]: ...
+
+    async def cluster(self) -> Cluster | None:
+        """The nodes and how much room they have, where the runtime knows (Swarm); None where
+        it does not bound placements (one Docker host, local processes)."""
+        ...
 
     async def start(self, shard_id: str) -> ShardInstance:
         """Start `shard_id` (replacing a stopped leftover of the same id)."""
@@ -32,6 +50,10 @@ class Runtime(Protocol):
 
     async def stop(self, shard_id: str, timeout: float) -> None:
         """SIGTERM, wait up to `timeout`, then kill; remove what is left. Missing is fine."""
+        ...
+
+    async def replace(self, shard_id: str, timeout: float) -> None:
+        """A new instance of a dead shard under the same id (its sessions come back)."""
         ...
 
     async def signal(self, shard_id: str, signum: int) -> None: ...
@@ -62,3 +84,13 @@ def shard_env(config: Config, shard_id: str, addr: str, port: int) -> dict[str, 
 
 def by_number(instances: list[ShardInstance]) -> list[ShardInstance]:
     return sorted(instances, key=lambda i: shard_number(i.shard_id))
+
+
+def epoch(stamp: str) -> float:
+    """Epoch seconds of one of Docker's RFC 3339 timestamps (with nanoseconds); 0 if unset."""
+    if not stamp or stamp.startswith("0001-"):
+        return 0.0
+    head, _, rest = stamp.partition(".")
+    fraction = rest.rstrip("Z")[:6] if rest else "0"
+    zone = "+00:00" if stamp.endswith("Z") else ""
+    return datetime.fromisoformat(f"{head}.{fraction.ljust(6, '0')}{zone}").timestamp()

@@ -11,7 +11,17 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from autoscaler.runtimes.base import RuntimeFailure, ShardInstance, by_number, shard_env
+from autoscaler.engine.cluster import Cluster
+from autoscaler.runtimes.base import (
+    LABEL_CONFIG,
+    LABEL_PROJECT,
+    LABEL_SHARD,
+    RuntimeFailure,
+    ShardInstance,
+    by_number,
+    epoch,
+    shard_env,
+)
 from chatscale_contract.config import Config, parse_size
 
 if TYPE_CHECKING:
@@ -19,9 +29,6 @@ if TYPE_CHECKING:
     from docker.models.containers import Container
 
 log = logging.getLogger(__name__)
-LABEL_PROJECT = "chatscale.project"
-LABEL_SHARD = "chatscale.shard"
-LABEL_CONFIG = "chatscale.config"
 
 
 def container_name(config: Config, shard_id: str) -> str:
@@ -79,8 +86,18 @@ class DockerRuntime:
             self._client = sdk.from_env()
         return self._client
 
+    async def check(self) -> None:
+        await asyncio.to_thread(self._call, self.client.ping)
+
     async def list_shards(self) -> list[ShardInstance]:
         return await asyncio.to_thread(self._list)
+
+    async def cluster(self) -> Cluster | None:
+        return None  # one host; Docker does not refuse a container for want of memory
+
+    async def replace(self, shard_id: str, timeout: float) -> None:
+        await self.stop(shard_id, timeout)
+        await self.start(shard_id)
 
     async def start(self, shard_id: str) -> ShardInstance:
         return await asyncio.to_thread(self._start, shard_id)
@@ -150,7 +167,7 @@ class DockerRuntime:
         return ShardInstance(
             shard_id=shard_id,
             running=container.status == "running",
-            started_at=_epoch(state.get("StartedAt", "")),
+            started_at=epoch(state.get("StartedAt", "")),
             addr=f"{container.name}:{port}",
             endpoint=_endpoint(container, port),
             config_hash=container.labels.get(LABEL_CONFIG, ""),
@@ -176,15 +193,3 @@ def _endpoint(container: Container, port: int) -> str:
         if network.get("IPAddress"):
             return f"{network['IPAddress']}:{port}"
     return ""
-
-
-def _epoch(stamp: str) -> float:
-    """Docker's RFC 3339 timestamps have nanoseconds; Python parses microseconds."""
-    from datetime import datetime
-
-    if not stamp or stamp.startswith("0001-"):
-        return 0.0
-    head, _, rest = stamp.partition(".")
-    fraction = rest.rstrip("Z")[:6] if rest else "0"
-    zone = "+00:00" if stamp.endswith("Z") else ""
-    return datetime.fromisoformat(f"{head}.{fraction.ljust(6, '0')}{zone}").timestamp()

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from autoscaler.engine.cluster import Cluster
 from autoscaler.runtimes.base import RuntimeFailure, ShardInstance, by_number, shard_env
 from chatscale_contract import proctree
 from chatscale_contract.config import Config
@@ -50,6 +51,16 @@ class LocalRuntime:
 
     def _marker(self, shard_id: str) -> str:
         return f"{self.config.runtime.project}/{shard_id}"
+
+    async def check(self) -> None:
+        """Local processes can always be started (a bad command fails each start, reported)."""
+
+    async def cluster(self) -> Cluster | None:
+        return None
+
+    async def replace(self, shard_id: str, timeout: float) -> None:
+        await self.stop(shard_id, timeout)
+        await self.start(shard_id)
 
     async def list_shards(self) -> list[ShardInstance]:
         # Reading every process's environment takes a while: not on the event loop.

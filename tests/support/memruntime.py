@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from autoscaler.engine.cluster import Cluster
 from autoscaler.runtimes.base import RuntimeFailure, ShardInstance
 from chatscale_contract.clock import Clock
 from chatscale_contract.config import Config
@@ -37,6 +38,18 @@ class MemoryRuntime:
     stops: list[str] = field(default_factory=list)
     fail_starts: bool = False
     fail_lists: bool = False
+    nodes: Cluster | None = None
+    """What `cluster()` reports: None like one Docker host, or a cluster a test describes."""
+
+    async def check(self) -> None:
+        """Always usable."""
+
+    async def cluster(self) -> Cluster | None:
+        return self.nodes
+
+    async def replace(self, shard_id: str, timeout: float) -> None:
+        await self.stop(shard_id, timeout)
+        await self.start(shard_id)
 
     async def list_shards(self) -> list[ShardInstance]:
         if self.fail_lists:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from autoscaler.engine.cluster import Cluster
 from autoscaler.runtimes.base import Runtime, ShardInstance
 from chatscale_contract.config import Config
 
@@ -19,8 +20,17 @@ class Passthrough:
     def __init__(self, inner: Runtime) -> None:
         self.inner = inner
 
+    async def check(self) -> None:
+        await self.inner.check()
+
     async def list_shards(self) -> list[ShardInstance]:
         return await self.inner.list_shards()
+
+    async def cluster(self) -> Cluster | None:
+        return await self.inner.cluster()
+
+    async def replace(self, shard_id: str, timeout: float) -> None:
+        await self.inner.replace(shard_id, timeout)
 
     async def start(self, shard_id: str) -> ShardInstance:
         return await self.inner.start(shard_id)
