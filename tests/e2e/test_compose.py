@@ -16,49 +16,37 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import docker
 import pytest
 import yaml
-from support.e2e import record_timings
+from support.e2e import SITE, e2e_config, record_timings, start_site
 from support.procs import free_port, port_open, wait_for
-from support.scenario import API_KEY, MAX_SESSIONS, Scenario, System, e2e_policy
+from support.scenario import MAX_SESSIONS, Scenario, System
 
 pytestmark = [pytest.mark.docker, pytest.mark.browser, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
-COMPOSE = shutil.which("docker-compose") or "docker-compose"
+COMPOSE = {
+    "v1": [shutil.which("docker-compose") or "docker-compose"],  # Debian's 1.29
+    "v2": ["docker", "compose"],  # the plugin scripts/setup-test-env installs
+}
 IMAGES = (
     "chatscale-shard:latest",
     "chatscale-autoscaler:latest",
     "chatscale-redis:offline",
 )
-SITE = "chatscale-fakesite"
-
-
-def e2e_config() -> dict[str, Any]:
-    config: dict[str, Any] = yaml.safe_load((ROOT / "config.yaml").read_text())
-    config["shard"].update(
-        max_sessions=MAX_SESSIONS,
-        stop_timeout=20,
-        env={"API_KEY": API_KEY, "WHATSAPP_URL": f"http://{SITE}:9000", "SNAPSHOT_INTERVAL": "30"},
-    )
-    config["heartbeat"] = {"interval": 1, "timeout": 4}
-    config["policy"].update(e2e_policy())
-    config["reconcile"] = {"interval": 1, "leader_ttl": 5}
-    config["nginx"]["reload"] = {"min_interval": 0.5, "max_delay": 2}
-    return config
 
 
 class Compose:
-    """docker-compose for the repository's compose file plus a test override."""
+    """Compose (v1 or v2) for the repository's compose file plus a test override."""
 
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, version: str):
         self.folder = tmp_path
+        self.version = version
         self.ports = {"front": free_port(), "status": free_port(), "redis": free_port()}
         config_path = tmp_path / "config.yaml"
-        config_path.write_text(yaml.safe_dump(e2e_config()))
+        config_path.write_text(yaml.safe_dump(e2e_config(ROOT)))
         override = {
             "services": {
                 "redis": {"ports": [f"127.0.0.1:{self.ports['redis']}:6379"]},
@@ -75,7 +63,7 @@ class Compose:
             "COMPOSE_PROJECT_NAME": "chatscale",
         }
         self.argv = [
-            COMPOSE,
+            *COMPOSE[version],
             "-f",
             str(ROOT / "docker-compose.yml"),
             "-f",
@@ -96,15 +84,15 @@ class Compose:
         self.run("down", "--remove-orphans", "-v", "-t", "30", check=False)
 
 
-@pytest.fixture
-def compose(tmp_path: Path) -> Iterator[Compose]:
+@pytest.fixture(params=sorted(COMPOSE))
+def compose(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Compose]:
     client = docker.from_env()
     missing = [i for i in IMAGES if not client.images.list(name=i)]
     if missing:
         raise RuntimeError(f"images missing: {missing}; run scripts/build-images --with-services")
     leftovers = client.containers.list(all=True, filters={"label": "chatscale.project=chatscale"})
     assert not leftovers, f"a chatscale fleet already runs here: {[c.name for c in leftovers]}"
-    system = Compose(tmp_path)
+    system = Compose(tmp_path, request.param)
     try:
         yield system
     finally:
@@ -114,40 +102,12 @@ def compose(tmp_path: Path) -> Iterator[Compose]:
         client.close()
 
 
-def start_site(client: docker.DockerClient) -> str:
-    """The stand-in site in a container on the fleet's network; returns its URL for the test."""
-    container = client.containers.run(
-        "chatscale-shard:latest",
-        [
-            "python3",
-            "-m",
-            "fakesite",
-            "--host",
-            "0.0.0.0",
-            "--port",
-            "9000",
-            "--qr-rotate-seconds",
-            "120",
-        ],
-        name=SITE,
-        detach=True,
-        network="chatscale",
-        environment={"PYTHONPATH": "/app"},
-        volumes={str(ROOT / "tests" / "fakesite"): {"bind": "/app/fakesite", "mode": "ro"}},
-        entrypoint=[],
-    )
-    container.reload()
-    ip = container.attrs["NetworkSettings"]["Networks"]["chatscale"]["IPAddress"]
-    wait_for(lambda: port_open(9000, ip), 30, "the stand-in site container")
-    return f"http://{ip}:9000"
-
-
 async def test_compose_end_to_end(compose: Compose, artifacts_dir: Path) -> None:
     client = docker.from_env()
     started = time.monotonic()
     compose.run("up", "-d", "--no-build")
     wait_for(lambda: port_open(compose.ports["status"]), 120, "the status page")
-    site = start_site(client)
+    site = start_site(client, ROOT)
 
     async def kill(shard_id: str) -> None:
         client.containers.get(f"chatscale-{shard_id}").kill(signal="SIGKILL")
@@ -155,7 +115,7 @@ async def test_compose_end_to_end(compose: Compose, artifacts_dir: Path) -> None
     system = System(compose.front, compose.status, compose.redis, site, kill)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
         report = await Scenario(system, http, started).run()
-    record_timings(artifacts_dir, "docker", report)
+    record_timings(artifacts_dir, f"docker-compose-{compose.version}", report)
     assert report.max_seen <= MAX_SESSIONS, "a shard held more than max_sessions"
     assert report.peak_shards >= 3
     assert report.misrouted == [], report.misrouted
@@ -165,7 +125,7 @@ async def test_compose_end_to_end(compose: Compose, artifacts_dir: Path) -> None
     left = [
         c.name for c in client.containers.list(all=True) if (c.name or "").startswith("chatscale-")
     ]
-    assert left == [], f"docker-compose down left containers: {left}"
+    assert left == [], f"compose {compose.version} down left containers: {left}"
     # (Docker's name filter matches prefixes too: compare names exactly.)
     networks = [n.name for n in client.networks.list() if n.name == "chatscale"]
     assert networks == [], "the chatscale network is left"

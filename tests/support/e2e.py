@@ -1,4 +1,5 @@
-"""Recording the scenario's phase timings (printed, and kept in test-artifacts/)."""
+"""What the end-to-end tests share: the test config, the stand-in site's container, and the
+record of the scenario's phase timings (printed, and kept in test-artifacts/)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,15 @@ import json
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
-from support.scenario import Report
+import docker
+import yaml
+
+from support.procs import free_port, port_open, wait_for
+from support.scenario import API_KEY, MAX_SESSIONS, Report, e2e_policy
+
+SITE = "chatscale-fakesite"
 
 
 def record_timings(artifacts: Path, mode: str, report: Report) -> None:
@@ -23,3 +31,53 @@ def record_timings(artifacts: Path, mode: str, report: Report) -> None:
     }
     (artifacts / f"e2e-{mode}.json").write_text(json.dumps(data, indent=2))
     print(f"\n== end-to-end ({mode}) ==\n{json.dumps(data, indent=2)}")
+
+
+def e2e_config(root: Path) -> dict[str, Any]:
+    """The shipped config.yaml with small shards and short windows for a 2-core machine."""
+    config: dict[str, Any] = yaml.safe_load((root / "config.yaml").read_text())
+    config["shard"].update(
+        max_sessions=MAX_SESSIONS,
+        stop_timeout=20,
+        env={"API_KEY": API_KEY, "WHATSAPP_URL": f"http://{SITE}:9000", "SNAPSHOT_INTERVAL": "30"},
+    )
+    config["heartbeat"] = {"interval": 1, "timeout": 4}
+    config["policy"].update(e2e_policy())
+    config["reconcile"] = {"interval": 1, "leader_ttl": 5}
+    config["nginx"]["reload"] = {"min_interval": 0.5, "max_delay": 2}
+    return config
+
+
+def start_site(client: docker.DockerClient, root: Path, published: bool = False) -> str:
+    """The stand-in site in a container on the fleet's network (`chatscale`), where the shards
+    reach it as chatscale-fakesite:9000; returns its URL for the test: its IP on a bridge
+    network, or a published loopback port (an overlay network is not reachable from the host)."""
+    port = free_port()
+    container = client.containers.run(
+        "chatscale-shard:latest",
+        [
+            "python3",
+            "-m",
+            "fakesite",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "9000",
+            "--qr-rotate-seconds",
+            "120",
+        ],
+        name=SITE,
+        detach=True,
+        network="chatscale",
+        environment={"PYTHONPATH": "/app"},
+        volumes={str(root / "tests" / "fakesite"): {"bind": "/app/fakesite", "mode": "ro"}},
+        ports={"9000/tcp": ("127.0.0.1", port)} if published else {},
+        entrypoint=[],
+    )
+    if published:
+        wait_for(lambda: port_open(port), 30, "the stand-in site container")
+        return f"http://127.0.0.1:{port}"
+    container.reload()
+    ip = container.attrs["NetworkSettings"]["Networks"]["chatscale"]["IPAddress"]
+    wait_for(lambda: port_open(9000, ip), 30, "the stand-in site container")
+    return f"http://{ip}:9000"
