@@ -25,7 +25,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from redis.exceptions import RedisError
 
-from autoscaler.front.agent import AgentIdentity, FrontAgent, listen
+from autoscaler.channel import listen
+from autoscaler.front.agent import AgentIdentity, FrontAgent
 from autoscaler.front.reload import LocalReloader
 from autoscaler.loop.daemon import Daemon
 from autoscaler.runtimes.base import RuntimeFailure
@@ -75,23 +76,6 @@ def schedule_jobs(scheduler: AsyncIOScheduler, daemon: Daemon, nudge: Nudger) ->
         scheduler.add_job(nudge, trigger, id=f"schedule:{window.name}")
 
 
-async def listen_for_nudges(daemon: Daemon, nudge: Nudger) -> None:
-    """A shard that became full (or just started) publishes on the nudge channel."""
-    while True:
-        try:
-            async with daemon.redis.pubsub() as pubsub:
-                await pubsub.subscribe(daemon.keys.nudge)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        log.debug("nudged by %s", message.get("data"))
-                        nudge()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # this listener must outlive any single failure
-            log.warning("nudge channel lost (%s); resubscribing in 5 s", exc)
-            await asyncio.sleep(5)
-
-
 async def serve(config: Config, config_path: Path | None) -> int:
     """`autoscaler run`: passes, status server and signal handling until SIGTERM or SIGINT."""
     async with contextlib.AsyncExitStack() as stack:
@@ -117,10 +101,9 @@ async def serve(config: Config, config_path: Path | None) -> int:
         daemon.on_reload = lambda: schedule_jobs(scheduler, daemon, nudge)
         scheduler.start()
         stack.callback(scheduler.shutdown, wait=False)
-        for job, name in (
-            (listen_for_nudges(daemon, nudge), "nudges"),
-            (daemon.renew_forever(), "leader renewal"),
-        ):
+        # A shard that became full (or just started) publishes on the nudge channel.
+        nudges = listen(config.redis.url, daemon.keys.nudge, lambda _shard: nudge())
+        for job, name in ((nudges, "nudges"), (daemon.renew_forever(), "leader renewal")):
             stack.push_async_callback(_cancel, asyncio.create_task(job, name=name))
         await _until_stopped(daemon, nudge)
         log.info("stopping (shards keep running)")
@@ -198,7 +181,8 @@ async def front_agent(config: Config) -> int:
     )
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(client.aclose)
-        for job, name in ((agent.run(wake), "front agent"), (listen(client, keys, wake), "nudges")):
+        nudges = listen(config.redis.url, keys.front_nudge, lambda _generation: wake.set())
+        for job, name in ((agent.run(wake), "front agent"), (nudges, "nudges")):
             stack.push_async_callback(_cancel, asyncio.create_task(job, name=name))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -254,6 +254,10 @@ class NginxSettings(Frozen):
     confirm_timeout: PositiveFloat = 10.0
     """Seconds an agent waits for its nginx to serve a new config; a live front that does not
     serve it this long after it was published is reported as lagging."""
+    hosts_file: str | None = None
+    """A file the front agent writes the shards' addresses into before testing each config
+    (/etc/hosts in a front container), so nginx resolves shard names from what the autoscaler
+    saw rather than from DNS. None: names resolve through DNS (one Docker host: at once)."""
 
 
 class LocalRuntime(Frozen):

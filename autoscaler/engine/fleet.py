@@ -42,7 +42,7 @@ class ShardInstance:
     """Not running yet because the runtime is still placing or preparing it (a Swarm task that
     is pending, assigned, preparing, starting)."""
     node: str = ""
-    """The machine it runs on, where the runtime has several (Swarm)."""
+    """The id of the machine it runs on, where the runtime has several (a Swarm node id)."""
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ next to a local nginx) and, every `nginx.agent_interval` seconds and at once whe
 
 1. keeps nginx alive: if its master is gone (crashed, killed), starts it again on the last good
    config on disk, so a front never stays down waiting for a person;
-2. applies a newly published generation with the same steps as ever (`apply.NginxApplier`:
-   `nginx -t`, atomic install, reload, confirm on its own port); a refused or unconfirmed
+2. applies a newly published generation: writes the shards' addresses into `nginx.hosts_file`
+   where one is set, then the same steps as ever (`apply.NginxApplier`: `nginx -t`, atomic
+   install, reload, confirm on its own port); a refused or unconfirmed
    config leaves the last good one serving and is retried after `RETRY_AFTER_FAILURE`;
 3. reports which generation its nginx serves (`Keys.front`, with a TTL), so the autoscaler
    publishes a new ring to the shards only once every live front serves it.
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +38,10 @@ from chatscale_contract.config import NginxSettings
 from chatscale_contract.keys import Keys
 
 log = logging.getLogger(__name__)
-RETRY_AFTER_FAILURE = 10.0
-"""Seconds before a generation that was refused or not confirmed is tried again."""
+RETRY_AFTER_FAILURE = 2.0
+"""Seconds before a generation that was refused or not confirmed is tried again. Short: the
+commonest refusal is passing (on Swarm, a new shard's name reaches every node's DNS a moment
+after the shard starts, and `nginx -t` fails until it has), and a retry costs one `nginx -t`."""
 
 
 @dataclass(frozen=True)
@@ -119,11 +124,15 @@ class FrontAgent:
         if wanted == self.error_generation and self.clock.monotonic() < self.retry_at:
             return
         # Read again as a whole: a newer config may have been published meanwhile.
-        generation, version, text = await self.redis.hmget(
-            self.keys.front_config, "generation", "version", "text"
+        generation, version, text, hosts = await self.redis.hmget(
+            self.keys.front_config, "generation", "version", "text", "hosts"
         )
         if not generation or text is None:
             return
+        if self.nginx.hosts_file:
+            await asyncio.to_thread(
+                pin_hosts, Path(self.nginx.hosts_file), json.loads(hosts or "{}")
+            )
         # force: the same text as on disk still needs a reload (a shard moved) and proof.
         result = await self.applier.apply(text, version, force=True)
         if result.ok:
@@ -181,17 +190,31 @@ class FrontAgent:
             os.kill(pid, signal.SIGKILL)
 
 
-async def listen(client: aioredis.Redis, keys: Keys, wake: asyncio.Event) -> None:
-    """Set `wake` whenever a new config is announced; resubscribe after a lost connection."""
-    while True:
-        try:
-            async with client.pubsub() as pubsub:
-                await pubsub.subscribe(keys.front_nudge)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        wake.set()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # this listener must outlive any single failure
-            log.warning("front nudge channel lost (%s); resubscribing in 2 s", exc)
-            await asyncio.sleep(2)
+HOSTS_BEGIN = "# chatscale shards: kept by the front agent, do not edit"
+HOSTS_END = "# end of chatscale shards"
+
+
+def hosts_text(current: str, hosts: Mapping[str, str]) -> str:
+    """`current` (a hosts file) with its chatscale block replaced by `hosts` (name -> IP).
+    Purely computational, no side effects."""
+    lines = current.splitlines()
+    if HOSTS_BEGIN in lines and HOSTS_END in lines[lines.index(HOSTS_BEGIN) :]:
+        start = lines.index(HOSTS_BEGIN)
+        end = lines.index(HOSTS_END, start)
+        lines = lines[:start] + lines[end + 1 :]
+    block = [f"{ip} {name}" for name, ip in sorted(hosts.items())]
+    return "\n".join([*lines, HOSTS_BEGIN, *block, HOSTS_END]) + "\n"
+
+
+def pin_hosts(path: Path, hosts: Mapping[str, str]) -> None:
+    """Write the shards' addresses into `path`, leaving every other line as it was.
+
+    Written in place, not replaced: in a container /etc/hosts is a bind mount, which a rename
+    cannot replace. nginx reads it only when it tests or loads a config, which happens after.
+    """
+    current = path.read_text() if path.exists() else ""
+    wanted = hosts_text(current, hosts)
+    if wanted != current:
+        with path.open("r+" if path.exists() else "w") as handle:
+            handle.write(wanted)
+            handle.truncate()

@@ -21,7 +21,7 @@ from autoscaler.front.debounce import Debouncer
 from autoscaler.front.fronts import FrontReport, Verdict, judge
 from autoscaler.front.render import RenderError, render
 from autoscaler.front.state import FrontState, Target
-from autoscaler.front.table import RouteTable, endpoints, route_table
+from autoscaler.front.table import RouteTable, endpoints, pinned_hosts, route_table
 from autoscaler.metrics import Metrics
 from chatscale_contract.clock import Clock
 from chatscale_contract.config import NginxSettings
@@ -100,6 +100,7 @@ class Front:
             "generation": state.wanted.generation,
             "version": table.version,
             "text": text,
+            "hosts": json.dumps(pinned_hosts(table, dict(state.wanted.endpoints))),
             "ts": repr(self.clock.time()),
         }
         try:

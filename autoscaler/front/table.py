@@ -9,6 +9,7 @@ rendered config would. Purely computational, no side effects.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -129,3 +130,29 @@ def endpoints(fleet: Fleet, table: RouteTable) -> dict[str, str]:
         instance = fleet.instances.get(shard.id)
         found[shard.id] = instance.endpoint if instance and instance.endpoint else shard.addr
     return found
+
+
+def pinned_hosts(table: RouteTable, where: Mapping[str, str]) -> dict[str, str]:
+    """host name -> IP address of every routed shard whose `server` is a name and whose real
+    address (`where`, from `endpoints`) is known as an IP on the same port.
+
+    A front agent with `nginx.hosts_file` writes these into that file before testing a config,
+    so nginx resolves shard names from what the autoscaler observed a moment ago instead of
+    from DNS (on Swarm a new service's name reaches every node's DNS late, sometimes minutes
+    late, and `nginx -t` fails on a name it cannot resolve). Purely computational.
+    """
+    pinned = {}
+    for shard in table.shards:
+        name, _, port = shard.addr.rpartition(":")
+        ip, _, real_port = where.get(shard.id, "").rpartition(":")
+        if name and port == real_port and _is_ip(ip) and not _is_ip(name):
+            pinned[name] = ip
+    return pinned
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True

@@ -189,13 +189,14 @@ def _instance(
     status = task.get("Status", {})
     state = status.get("State", "")
     message = status.get("Err") or status.get("Message") or ""
-    node = hostnames.get(task.get("NodeID", ""), "")
+    node = task.get("NodeID", "")
+    where = f" on {hostnames[node]}" if node in hostnames else ""
     return ShardInstance(
         running=state in RUNNING,
         waiting=state in WAITING,
         started_at=epoch(task.get("CreatedAt", "")),
         endpoint=_overlay_endpoint(task, config.shard.network, port),
-        detail=f"{state}: {message}" if message and message != state else state,
+        detail=(f"{state}: {message}" if message and message != state else state) + where,
         node=node,
         **common,
     )

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from autoscaler.engine.model import ShardState
 from autoscaler.loop.daemon import Daemon, Decision
-from chatscale_contract.ids import InvalidSessionId, check_session_id
+from chatscale_contract.ids import InvalidSessionId, check_session_id, shard_number
 
 log = logging.getLogger(__name__)
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
@@ -101,6 +101,7 @@ def status(daemon: Daemon) -> dict[str, Any]:
             "memory_limit": config.shard.memory_limit,
         },
         "shards": shards,
+        "nodes": _nodes(daemon),
         "decisions": [_decision(d) for d in list(state.decisions)[:20]],
         "nginx": {
             "enabled": config.nginx.enabled,
@@ -111,6 +112,31 @@ def status(daemon: Daemon) -> dict[str, Any]:
             "fronts": _fronts(daemon),
         },
     }
+
+
+def _nodes(daemon: Daemon) -> list[dict[str, Any]] | None:
+    """The cluster's nodes with their shards and free memory (None: one host, no nodes)."""
+    fleet = daemon.state.fleet
+    if fleet is None or fleet.cluster is None:
+        return None
+    shards_on: dict[str, list[str]] = {}
+    for instance in fleet.instances.values():
+        if instance.node:
+            shards_on.setdefault(instance.node, []).append(instance.shard_id)
+    return [
+        {
+            "id": node.id,
+            "hostname": node.hostname,
+            "ready": node.ready,
+            "active": node.active,
+            "role": node.role,
+            "memory_bytes": node.memory_bytes,
+            "reserved_bytes": node.reserved_bytes,
+            "free_bytes": node.free_bytes,
+            "shards": sorted(shards_on.get(node.id, []), key=shard_number),
+        }
+        for node in sorted(fleet.cluster.nodes, key=lambda n: (n.hostname, n.id))
+    ]
 
 
 def _fronts(daemon: Daemon) -> list[dict[str, Any]]:
@@ -155,6 +181,7 @@ def _shards(daemon: Daemon) -> list[dict[str, Any]]:
                 else round(view.heartbeat_age, 1),
                 "addr": beat.addr if beat else (instance.addr if instance else None),
                 "runtime": instance.detail if instance else "missing",
+                "node": (instance.node or None) if instance else None,
                 # Started with other shard settings than the running config (until replaced).
                 "outdated": bool(
                     instance

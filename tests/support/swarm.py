@@ -36,11 +36,25 @@ def swarm_state(client: docker.DockerClient) -> str:
     return str(client.info().get("Swarm", {}).get("LocalNodeState", ""))
 
 
+def leave(client: docker.DockerClient, gwbridge_before: bool) -> None:
+    """Leave the swarm, and remove the docker_gwbridge network joining it made (it outlives
+    the swarm) unless it was there before."""
+    run("docker", "swarm", "leave", "--force", check=False)
+    wait_for(lambda: swarm_state(client) == "inactive", 30, "the engine to leave the swarm")
+    if not gwbridge_before:
+        run("docker", "network", "rm", "docker_gwbridge", check=False)
+
+
+def has_gwbridge(client: docker.DockerClient) -> bool:
+    return bool(client.networks.list(names=["docker_gwbridge"]))
+
+
 @contextlib.contextmanager
 def single_node_swarm() -> Iterator[docker.DockerClient]:
     client = docker.from_env()
     if swarm_state(client) != "inactive":
         raise RuntimeError("this Docker engine is already part of a swarm: not touching it")
+    gwbridge_before = has_gwbridge(client)
     run("docker", "swarm", "init", "--advertise-addr", "127.0.0.1")
     try:
         node = client.nodes.list()[0]
@@ -48,13 +62,12 @@ def single_node_swarm() -> Iterator[docker.DockerClient]:
         yield client
     finally:
         remove_services(client)
-        run("docker", "swarm", "leave", "--force", check=False)
-        wait_for(lambda: swarm_state(client) == "inactive", 30, "the engine to leave the swarm")
+        leave(client, gwbridge_before)
         client.close()
 
 
 def remove_services(client: docker.DockerClient) -> None:
-    """Every service, and then every container they left, gone (bounded waits)."""
+    """Every service, then every container they left and the stacks' volumes, gone."""
     api: Any = client.api  # the SDK's low-level client is untyped
     for service in api.services():
         with contextlib.suppress(docker.errors.DockerException):
@@ -68,6 +81,11 @@ def remove_services(client: docker.DockerClient) -> None:
     for container in client.containers.list(all=True, filters={"label": "com.docker.swarm.task"}):
         with contextlib.suppress(docker.errors.DockerException):
             container.remove(force=True)
+    # A stack's named volumes outlive `docker stack rm`; Redis's would carry one test's
+    # sessions into the next.
+    for volume in client.volumes.list(filters={"label": "com.docker.stack.namespace"}):
+        with contextlib.suppress(docker.errors.DockerException):
+            volume.remove(force=True)
 
 
 class Stack:

@@ -14,6 +14,7 @@ from shard.settings import DEBIAN_CHROMIUM
 from support.loop import Loop, make_config
 from support.procs import free_port
 
+from autoscaler.engine.cluster import Cluster, Node
 from autoscaler.loop.daemon import Daemon
 from autoscaler.web.status import init_app
 
@@ -110,3 +111,27 @@ async def test_token_protects_everything_but_health(loop: Loop) -> None:
                 assert resp.status == 200
             async with http.get(f"{url}/healthz") as resp:
                 assert resp.status == 200
+
+
+async def test_nodes_are_listed_with_their_free_memory(loop: Loop) -> None:
+    gib = 1024**3
+    loop.runtime.nodes = Cluster(
+        (
+            Node("n1", "alpha", True, True, 64 * gib, 20 * gib, role="manager"),
+            Node("n2", "beta", False, True, 64 * gib),
+        ),
+        reservation=10 * gib,
+    )
+    daemon = await loop.daemon(make_config(loop.redis_url))
+    await loop.step(daemon)
+    async for url in serve(daemon):
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/api/status") as resp:
+                nodes = (await resp.json())["nodes"]
+            async with http.get(url) as resp:
+                page = await resp.text()
+    assert [(n["hostname"], n["ready"], n["free_bytes"]) for n in nodes] == [
+        ("alpha", True, 44 * gib),
+        ("beta", False, 64 * gib),
+    ]
+    assert 'id="nodes"' in page and "alpha" in page and "down" in page

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from autoscaler.engine.fleet import Fleet, ShardInstance
-from autoscaler.front.table import RouteShard, RouteTable, build_table, route_shards, route_table
+from autoscaler.front.table import (
+    RouteShard,
+    RouteTable,
+    build_table,
+    pinned_hosts,
+    route_shards,
+    route_table,
+)
 from chatscale_contract.beat import Beat, ReportedState
 
 NOW = 1_000_000.0
@@ -53,3 +60,21 @@ def test_build_table_pins_off_ring_sessions() -> None:
     assert {s for s in owners if s != "gone" and ring.owner(s) != "shard-2"} == set(
         table.exceptions
     )
+
+
+def test_shard_names_are_pinned_to_the_addresses_the_runtime_reports() -> None:
+    table = RouteTable(
+        (
+            RouteShard("shard-1", "demo-shard-1:8000"),
+            RouteShard("shard-2", "demo-shard-2:8000"),
+            RouteShard("shard-3", "127.0.0.1:8103"),  # already an address: nothing to pin
+            RouteShard("shard-4", "demo-shard-4:8000"),
+        )
+    )
+    where = {
+        "shard-1": "10.0.1.7:8000",
+        "shard-2": "demo-shard-2:8000",  # the runtime knows no address
+        "shard-3": "127.0.0.1:8103",
+        "shard-4": "10.0.1.9:9999",  # another port: not the same thing
+    }
+    assert pinned_hosts(table, where) == {"demo-shard-1": "10.0.1.7"}

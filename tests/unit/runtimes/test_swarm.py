@@ -138,9 +138,10 @@ def test_services_and_their_current_tasks_become_shards() -> None:
     one, two = instances(snapshot, CONFIG)
     assert (one.shard_id, one.running, one.waiting) == ("shard-1", True, False)
     assert one.addr == "demo-shard-1:8000" and one.endpoint == "10.0.1.7:8000"
-    assert one.node == "host-n1"
+    assert one.node == "n1" and one.detail == "running on host-n1"
     assert (two.shard_id, two.running, two.waiting) == ("shard-2", False, True)
     assert two.detail == "pending: no suitable node (insufficient resources on 3 nodes)"
+    assert two.node == ""
 
 
 @pytest.mark.parametrize(
