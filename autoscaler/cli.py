@@ -8,8 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from autoscaler.engine.schedules import VALIDATION
+from autoscaler.engine.simcluster import NodeSpec
 from autoscaler.engine.simulate import TraceError, parse_trace
 from autoscaler.engine.simulate import run as run_simulation
+from chatscale_contract.config import parse_size
 from chatscale_contract.configload import ConfigError, load_config
 
 
@@ -37,13 +39,15 @@ def _parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="replay a load trace through the scaling engine")
     sim.add_argument("--config", default="config.yaml")
-    sim.add_argument("--trace", required=True, help="CSV: t,sessions[,memory_fraction]")
+    sim.add_argument("--trace", required=True, help="CSV: t,sessions[,memory_fraction][,nodes]")
     sim.add_argument("--tick", type=float, default=1.0, help="simulated seconds per pass")
     sim.add_argument(
         "--start-delay", type=float, default=30.0, help="seconds until a shard is ready"
     )
     sim.add_argument("--drain-seconds", type=float, default=10.0, help="seconds a drain takes")
     sim.add_argument("--summary-only", action="store_true", help="print only the summary line")
+    sim.add_argument("--nodes", type=int, help="capacity planning: place shards on this many nodes")
+    sim.add_argument("--node-memory", help="memory of each node with --nodes, e.g. 64g")
     sim.set_defaults(func=_simulate)
 
     run = sub.add_parser("run", help="run the autoscaler daemon")
@@ -115,9 +119,11 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    if args.tick <= 0 or args.start_delay < 0 or args.drain_seconds < 0:
-        print("--tick must be > 0; --start-delay and --drain-seconds >= 0", file=sys.stderr)
+    problem = _simulate_problem(args)
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
+    nodes = NodeSpec(args.nodes, parse_size(args.node_memory)) if args.nodes else None
     config = load_config(args.config, context=VALIDATION)
     try:
         with open(args.trace) as handle:
@@ -126,11 +132,26 @@ def _simulate(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     out = sys.stdout
-    for record in run_simulation(config, points, args.tick, args.start_delay, args.drain_seconds):
+    records = run_simulation(config, points, args.tick, args.start_delay, args.drain_seconds, nodes)
+    for record in records:
         if args.summary_only and "summary" not in record:
             continue
         out.write(json.dumps(record, separators=(",", ":")) + "\n")
     return 0
+
+
+def _simulate_problem(args: argparse.Namespace) -> str:
+    if args.tick <= 0 or args.start_delay < 0 or args.drain_seconds < 0:
+        return "--tick must be > 0; --start-delay and --drain-seconds >= 0"
+    if args.nodes is None and args.node_memory is None:
+        return ""
+    if not args.nodes or args.nodes < 1 or not args.node_memory:
+        return "--nodes (at least 1) and --node-memory (e.g. 64g) go together"
+    try:
+        parse_size(args.node_memory)
+    except ValueError as exc:
+        return f"--node-memory: {exc}"
+    return ""
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from chatscale_contract.config import Config, parse_size
+
 GIB = 1024**3
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(==|!=)\s*(.+?)\s*$")
 
@@ -54,6 +56,13 @@ class Room:
     """How many more shards the scheduler can place now."""
     reason: str
     """Why no more, when `shards` is 0 (empty otherwise)."""
+
+
+def shard_reservation(config: Config) -> int:
+    """Bytes each shard reserves on a Swarm node: `runtime.swarm.memory_reservation`, by
+    default the shard's whole memory limit, so no node is ever given more shards than it holds."""
+    chosen = config.runtime.swarm.memory_reservation
+    return parse_size(chosen if chosen is not None else config.shard.memory_limit)
 
 
 def matches(node: Node, constraint: str) -> bool:

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from autoscaler.engine.cluster import Cluster, Node
+from autoscaler.engine.cluster import Cluster, Node, shard_reservation
 from autoscaler.runtimes.base import (
     LABEL_CONFIG,
     LABEL_PROJECT,
@@ -55,12 +55,6 @@ NOT_A_MANAGER = (
 
 def service_name(config: Config, shard_id: str) -> str:
     return f"{config.runtime.project}-{shard_id}"
-
-
-def reservation(config: Config) -> int:
-    """Bytes each shard reserves; by default its whole limit, so no node is ever overpacked."""
-    chosen = config.runtime.swarm.memory_reservation
-    return parse_size(chosen if chosen is not None else config.shard.memory_limit)
 
 
 def service_spec(config: Config, shard_id: str) -> dict[str, Any]:
@@ -99,7 +93,7 @@ def service_spec(config: Config, shard_id: str) -> dict[str, Any]:
                 "MemoryBytes": parse_size(shard.memory_limit),
                 "NanoCPUs": int(shard.cpus * 1e9),
             },
-            "Reservations": {"MemoryBytes": reservation(config)},
+            "Reservations": {"MemoryBytes": shard_reservation(config)},
         },
         # Swarm restarts a crashed task at once (on any node with room); the autoscaler forces
         # a new task when one runs but stays silent.
@@ -230,7 +224,7 @@ def cluster(snapshot: Snapshot, config: Config) -> Cluster:
             node = task["NodeID"]
             reserved[node] = reserved.get(node, 0) + reserved_by_service.get(task["ServiceID"], 0)
     nodes = tuple(_node(n, reserved.get(n["ID"], 0)) for n in snapshot.nodes)
-    return Cluster(nodes, reservation(config), config.runtime.swarm.constraints)
+    return Cluster(nodes, shard_reservation(config), config.runtime.swarm.constraints)
 
 
 def _node(raw: Mapping[str, Any], reserved: int) -> Node:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from autoscaler.cli import main
+from autoscaler.engine.simcluster import NodeSpec
 from autoscaler.engine.simulate import TraceError, parse_trace, run
 from chatscale_contract.config import Config
 
@@ -69,6 +70,7 @@ def test_every_record_has_the_documented_fields() -> None:
         "unmet_seconds",
         "scale_events",
         "flaps",
+        "cluster_full_seconds",
         "ticks",
     }
 
@@ -121,3 +123,36 @@ def test_cli_reports_bad_trace(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     config.write_text("")
     assert main(["simulate", "--config", str(config), "--trace", str(trace)]) == 2
     assert f"{trace}:2: sessions: 'x' is not a whole number" in capsys.readouterr().err
+
+
+NODES_TRACE = "t,sessions,nodes\n0,100,3\n300,1100,3\n900,1100,2\n1500,1100,3\n2000,100,3\n"
+
+
+def test_capacity_planning_places_shards_on_nodes_and_says_when_the_cluster_is_full() -> None:
+    config = Config.model_validate({"policy": {"max_shards": 40}})
+    points = parse_trace(NODES_TRACE, "nodes.csv")
+    records: list[Record] = list(
+        run(config, points, 1.0, START_DELAY, 10.0, NodeSpec(3, 64 * 1024**3))
+    )
+    summary = records.pop()["summary"]
+    by_t = {r["t"]: r for r in records}
+    # 1100 sessions need 31 shards of 40; 3 nodes x 64 GiB hold 6 shards of 10g each: 18.
+    assert summary["peak_shards"] == 18 and by_t[600.0]["shards"] == 18
+    full = "cluster full: 3 node(s) with 192 GiB hold 18 shard(s) reserving 10g each"
+    assert any(r.startswith(full) for r in by_t[600.0]["reasons"])
+    # A node fails: its 6 shards wait for room; it comes back: they run again.
+    assert by_t[901.0]["nodes_up"] == 2 and by_t[901.0]["unplaced"] == 6
+    assert by_t[1501.0]["unplaced"] == 0
+    assert 0 < summary["cluster_full_seconds"] <= summary["unmet_seconds"]
+
+
+def test_capacity_planning_flags_go_together(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text(NODES_TRACE)
+    base = ["simulate", "--config", str(tmp_path / "none.yaml"), "--trace", str(trace)]
+    assert main([*base, "--nodes", "3"]) == 2
+    assert "--nodes (at least 1) and --node-memory" in capsys.readouterr().err
+    assert main([*base, "--nodes", "3", "--node-memory", "lots"]) == 2
+    assert "--node-memory: 'lots' is not a size" in capsys.readouterr().err
