@@ -1,8 +1,10 @@
 """`autoscaler run`: the daemon on a schedule, its status server, signals and nudges.
 
 Passes run on an APScheduler interval job; each schedule window adds a cron job that triggers a
-pass as the window opens; a shard publishing on the nudge channel (it became full) triggers one at
-once. SIGHUP reloads the config; SIGTERM stops the daemon cleanly (shards keep running).
+pass as the window opens; a message on the nudge channel (a shard started or became full, a
+front serves a new config) triggers one at once, and a pass that leaves work waiting (a batch of
+front changes) gets a follow-up when it falls due. SIGHUP reloads the config; SIGTERM stops the
+daemon cleanly (shards keep running). `autoscaler front-agent` runs here too (`front_agent`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import signal
 import socket
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
@@ -39,22 +42,63 @@ log = logging.getLogger(__name__)
 PASS_JOB = "reconcile"
 
 
+class Reconciles(Protocol):
+    async def reconcile(self) -> object: ...
+
+    def follow_up(self) -> float | None: ...
+
+
 class Nudger:
-    """Runs the reconcile job now instead of at its next interval. A burst of nudges (every
-    refused create sends one) runs one pass, not one per message."""
+    """Runs the reconcile pass sooner than its next interval, without ever running it later.
+
+    A burst of nudges (every refused create sends one) makes one pass: passes start at most
+    every SPACING seconds, and a nudge for a moment at or after the next planned run changes
+    nothing. None is lost: a nudge that arrives while a pass runs makes another pass right after
+    it, run in the same job (APScheduler would skip a run asked for while its one allowed
+    instance is still running), because what it announced may have come too late for the
+    running pass.
+    """
 
     SPACING = 0.5
 
     def __init__(self, scheduler: AsyncIOScheduler):
         self.scheduler = scheduler
-        self.last = 0.0
+        self.started = -self.SPACING
+        """When the last pass started (monotonic)."""
+        self.running = False
+        self.missed = False
 
-    def __call__(self) -> None:
+    def __call__(self, delay: float = 0.0) -> None:
+        """Have a pass run within `delay` seconds (or sooner, if one is planned sooner)."""
+        if self.running:
+            self.missed = self.missed or delay <= 0
+            return
         job = self.scheduler.get_job(PASS_JOB)
+        if job is None:
+            return
         now = time.monotonic()
-        if job is not None and now - self.last >= self.SPACING:
-            self.last = now
-            job.modify(next_run_time=datetime.now(UTC))
+        wanted = max(delay, self.started + self.SPACING - now, 0.0)
+        at = datetime.now(UTC) + timedelta(seconds=wanted)
+        planned = job.next_run_time
+        if planned is None or at < planned:
+            job.modify(next_run_time=at)
+
+    async def pass_of(self, daemon: Reconciles) -> None:
+        """A reconcile pass; another right after it (spaced) while nudges come in during one;
+        then a run planned for when work the passes left waiting falls due."""
+        while True:
+            self.running, self.missed = True, False
+            self.started = time.monotonic()
+            try:
+                await daemon.reconcile()
+            finally:
+                self.running = False
+            if not self.missed:
+                break
+            await asyncio.sleep(max(0.0, self.started + self.SPACING - time.monotonic()))
+        due = daemon.follow_up()
+        if due is not None:
+            self(due)
 
 
 def schedule_jobs(scheduler: AsyncIOScheduler, daemon: Daemon, nudge: Nudger) -> None:
@@ -63,8 +107,9 @@ def schedule_jobs(scheduler: AsyncIOScheduler, daemon: Daemon, nudge: Nudger) ->
     for job in scheduler.get_jobs():
         job.remove()
     scheduler.add_job(
-        daemon.reconcile,
+        nudge.pass_of,
         "interval",
+        args=[daemon],
         seconds=config.reconcile.interval,
         id=PASS_JOB,
         max_instances=1,
@@ -179,18 +224,23 @@ async def front_agent(config: Config) -> int:
         identity.node,
         config.nginx.listen,
     )
-    async with contextlib.AsyncExitStack() as stack:
-        stack.push_async_callback(client.aclose)
-        nudges = listen(config.redis.url, keys.front_nudge, lambda _generation: wake.set())
-        for job, name in ((agent.run(wake), "front agent"), (nudges, "nudges")):
-            stack.push_async_callback(_cancel, asyncio.create_task(job, name=name))
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("stopping: nginx finishes the requests in flight")
-        with contextlib.suppress(RedisError, OSError):
-            await agent.withdraw()
-        await agent.stop_nginx()
+    nudges = listen(config.redis.url, keys.front_nudge, lambda _generation: wake.set())
+    tasks = [
+        asyncio.create_task(agent.run(wake), name="front agent"),
+        asyncio.create_task(nudges, name="nudges"),
+    ]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: nginx finishes the requests in flight")
+    # The agent first, so it neither reports again after the withdrawal nor starts nginx again
+    # once nginx has gracefully exited.
+    for task in tasks:
+        await _cancel(task)
+    with contextlib.suppress(RedisError, OSError):
+        await agent.withdraw()
+    await agent.stop_nginx()
+    await client.aclose()
     return 0

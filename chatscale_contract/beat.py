@@ -50,7 +50,7 @@ class Beat:
         return cls(
             id=raw["id"],
             addr=raw.get("addr", ""),
-            state=ReportedState(raw.get("state", ReportedState.ACCEPTING)),
+            state=_state(raw.get("state", ReportedState.ACCEPTING)),
             sessions=int(raw.get("sessions", 0)),
             capacity=int(raw.get("capacity", 0)),
             memory_bytes=int(raw.get("memory_bytes", 0)),
@@ -87,3 +87,12 @@ class Beat:
     def has_room(self) -> bool:
         """Takes new sessions: accepting, and below its capacity."""
         return self.state == ReportedState.ACCEPTING and self.sessions < self.capacity
+
+
+def _state(raw: str) -> ReportedState:
+    """A state this version does not know (a newer shard's) counts as full: the shard is alive
+    and keeps its sessions, but gets no new ones."""
+    try:
+        return ReportedState(raw)
+    except ValueError:
+        return ReportedState.FULL

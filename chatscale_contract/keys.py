@@ -72,8 +72,8 @@ class Keys:
 
     @property
     def front_config(self) -> str:
-        """HASH {generation, version, text, ts}: the nginx.conf every front should serve, as the
-        leading autoscaler rendered it last."""
+        """HASH {generation, version, text, hosts, ts}: the nginx.conf every front should serve,
+        as the leading autoscaler rendered it last."""
         return f"{self.prefix}front:config"
 
     @property

@@ -10,7 +10,8 @@ next to a local nginx) and, every `nginx.agent_interval` seconds and at once whe
    install, reload, confirm on its own port); a refused or unconfirmed
    config leaves the last good one serving and is retried after `RETRY_AFTER_FAILURE`;
 3. reports which generation its nginx serves (`Keys.front`, with a TTL), so the autoscaler
-   publishes a new ring to the shards only once every live front serves it.
+   publishes a new ring to the shards only once every live front serves it, and nudges the
+   autoscaler when that changed, so the ring follows at once.
 
 Nothing is shared between nodes but Redis: no file, no Docker socket, no signal from afar.
 """
@@ -87,13 +88,29 @@ class FrontAgent:
 
     async def step(self) -> None:
         """One round: nginx alive, the newest generation applied (when due), the report sent."""
-        await self._keep_alive()
-        await self._sync()
+        served = self.generation
+        try:
+            await self._keep_alive()
+            await self._sync()
+        except RedisError:
+            raise
+        except Exception as exc:  # nginx would not start, a file would not write: report it
+            log.error("front agent round failed (retrying): %s", exc)
+            self.error, self.error_generation = f"{type(exc).__name__}: {exc}", ""
         self._master = running_pid(Path(self.nginx.pid_path)) or self._master
         await self._report()
+        if self.generation != served:
+            # The autoscaler publishes the new ring once every front serves the config: ask for
+            # a pass now rather than at its next interval.
+            await self.redis.publish(self.keys.nudge, f"front {self.identity.front_id}")
 
     async def run(self, wake: asyncio.Event) -> None:
-        """Rounds every `agent_interval` seconds, or at once when `wake` is set (a nudge)."""
+        """Rounds every `agent_interval` seconds, or at once when `wake` is set (a nudge); and,
+        beside them, a report every interval, so a round that takes long (a slow `nginx -t`, a
+        confirmation waiting its full timeout) never makes this front look dead meanwhile."""
+        await asyncio.gather(self._rounds(wake), self._reports())
+
+    async def _rounds(self, wake: asyncio.Event) -> None:
         while True:
             try:
                 await self.step()
@@ -102,6 +119,14 @@ class FrontAgent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), self.nginx.agent_interval)
             wake.clear()
+
+    async def _reports(self) -> None:
+        while True:
+            await asyncio.sleep(self.nginx.agent_interval)
+            try:
+                await self._report()
+            except (RedisError, OSError) as exc:
+                log.warning("front report failed (retrying): %s", exc)
 
     async def _keep_alive(self) -> None:
         if running_pid(Path(self.nginx.pid_path)) is not None:

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from autoscaler.engine.fleet import Fleet
 from autoscaler.front.debounce import Debouncer
-from autoscaler.front.fronts import FrontReport, Verdict, judge
+from autoscaler.front.fronts import FrontReport, Verdict, generation, judge
 from autoscaler.front.render import RenderError, render
 from autoscaler.front.state import FrontState, Target
 from autoscaler.front.table import RouteTable, endpoints, pinned_hosts, route_table
@@ -63,6 +63,14 @@ class Front:
     def error(self) -> str:
         return self.state.error
 
+    def due_in(self) -> float | None:
+        """Seconds until a config waiting to be handed over is due (batching, or a retry after
+        a failure); None if none waits. The service runs a pass then, not at its next interval."""
+        if not self.state.to_publish:
+            return None
+        wait = self.debouncer.wait() or 0.0
+        return max(wait, self.state.retry_at - self.clock.monotonic(), 0.0)
+
     async def update(self, fleet: Fleet, dry_run: bool) -> None:
         """Called once per pass by the leader; hands over and confirms when due."""
         table = route_table(fleet, self.heartbeat_timeout)
@@ -78,26 +86,27 @@ class Front:
         now = self.clock.monotonic()
         if state.may_publish(now) and self.debouncer.due():
             self.debouncer.applied()
-            error = await self._hand_over(table, state)
+            error, generation = await self._hand_over(table, state)
             if error:
                 self._failed(error)
                 self.state = state.failed(error, now + RETRY_AFTER_FAILURE)
                 return
-            self.state, self._published = state.handed_over(now), table
+            self.state, self._published = state.handed_over(now, generation), table
         if self.state.awaiting:
             await self._confirm(now)
 
-    async def _hand_over(self, table: RouteTable, state: FrontState) -> str:
-        """Render the wanted table and publish it for the fronts; the error, or ""."""
+    async def _hand_over(self, table: RouteTable, state: FrontState) -> tuple[str, str]:
+        """Render the wanted table and publish it for the fronts: (error or "", generation)."""
         if not self.nginx.enabled:
-            return ""
+            return "", ""
         assert state.wanted is not None
         try:
             text = render(table, self.nginx, self.template_dir)
         except (RenderError, OSError) as exc:
-            return f"render failed: {exc}"
+            return f"render failed: {exc}", ""
+        made = generation(text, state.wanted.endpoints)
         config = {
-            "generation": state.wanted.generation,
+            "generation": made,
             "version": table.version,
             "text": text,
             "hosts": json.dumps(pinned_hosts(table, dict(state.wanted.endpoints))),
@@ -106,17 +115,17 @@ class Front:
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(self.keys.front_config, mapping=config)
-                pipe.publish(self.keys.front_nudge, state.wanted.generation)
+                pipe.publish(self.keys.front_nudge, made)
                 await pipe.execute()
         except RedisError as exc:
-            return f"could not publish the front config: {exc}"
+            return f"could not publish the front config: {exc}", ""
         log.info(
             "front config %s published: %d shard(s), %d exception(s)",
-            state.wanted.generation,
+            made,
             len(table.shards),
             len(table.exceptions),
         )
-        return ""
+        return "", made
 
     async def _confirm(self, now: float) -> None:
         state = self.state
@@ -143,7 +152,7 @@ class Front:
         assert state.published is not None
         return judge(
             self.fronts,
-            state.published.generation,
+            state.generation,
             now=self.clock.time(),
             waited=now - state.published_at,
             front_timeout=self.nginx.front_timeout,

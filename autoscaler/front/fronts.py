@@ -2,9 +2,10 @@
 
 Every nginx front has an agent beside it (`agent.py`) that applies the config the autoscaler
 publishes in Redis and reports, every interval, which *generation* its nginx serves. A
-generation names a routing table *and* where its shards are: the same table after a shard moved
-(same name, new address) is a new generation, so every front reloads and resolves the name
-again. Purely computational, no side effects.
+generation names the rendered text *and* where its shards are: the same text after a shard
+moved (same name, new address) is a new generation, so every front reloads and resolves the name
+again; and new text for the same table (other nginx settings, a new template) is one too.
+Purely computational, no side effects.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 
-def generation(version: str, endpoints: Iterable[tuple[str, str]]) -> str:
-    """The generation of table `version` with its shards at `endpoints` ((shard, host:port))."""
-    digest = hashlib.sha256(version.encode())
+def generation(text: str, endpoints: Iterable[tuple[str, str]]) -> str:
+    """The generation of config `text` with its shards at `endpoints` ((shard, host:port))."""
+    digest = hashlib.sha256(text.encode())
     for shard, addr in sorted(endpoints):
         digest.update(f"\n{shard} {addr}".encode())
     return digest.hexdigest()[:16]

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from functools import cached_property
-
-from autoscaler.front.fronts import generation
 
 
 @dataclass(frozen=True)
@@ -24,15 +21,11 @@ class Target:
     endpoints: tuple[tuple[str, str], ...] = ()
     """(shard id, host:port) where each routed shard really is. nginx resolves shard names only
     when it loads a config, so a shard replaced under its name needs a reload although the
-    rendered text (and the version) did not change: that is a new generation."""
+    rendered text (and the version) did not change."""
 
     @classmethod
     def of(cls, version: str, endpoints: Mapping[str, str]) -> Target:
         return cls(version, tuple(sorted(endpoints.items())))
-
-    @cached_property
-    def generation(self) -> str:
-        return generation(self.version, self.endpoints)
 
 
 @dataclass(frozen=True)
@@ -43,6 +36,8 @@ class FrontState:
     """The config handed to the fronts last (in Redis), served or not."""
     published_at: float = 0.0
     """When it was handed over (monotonic seconds)."""
+    generation: str = ""
+    """The generation handed over (fronts.generation: its rendered text and its endpoints)."""
     applied: Target | None = None
     """What every live front was confirmed to serve, and the ring the shards were told."""
     retry_at: float = 0.0
@@ -66,8 +61,10 @@ class FrontState:
     def may_publish(self, now: float) -> bool:
         return self.to_publish and now >= self.retry_at
 
-    def handed_over(self, now: float) -> FrontState:
-        return replace(self, published=self.wanted, published_at=now, error="")
+    def handed_over(self, now: float, generation: str) -> FrontState:
+        return replace(
+            self, published=self.wanted, published_at=now, generation=generation, error=""
+        )
 
     def served(self) -> FrontState:
         """Every live front serves the published config, and the ring was published."""

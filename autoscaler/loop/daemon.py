@@ -208,6 +208,13 @@ class Daemon:
         self.state.decisions.appendleft(decision)
         return decision
 
+    def follow_up(self) -> float | None:
+        """Seconds until this leader has work due that should not wait for the next interval
+        (a front config whose batching window ends); None when there is none. Never 0: work
+        already due that this pass did not do (stale data) waits for the next interval."""
+        due = self.front.due_in() if self.state.leader else None
+        return due if due else None
+
     async def renew_forever(self) -> None:
         """Keep the lock alive even while a long pass (a slow stop) runs."""
         while True:

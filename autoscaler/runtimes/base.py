@@ -87,10 +87,14 @@ def by_number(instances: list[ShardInstance]) -> list[ShardInstance]:
 
 
 def epoch(stamp: str) -> float:
-    """Epoch seconds of one of Docker's RFC 3339 timestamps (with nanoseconds); 0 if unset."""
+    """Epoch seconds of one of Docker's RFC 3339 timestamps (nanoseconds, or none, and "Z" or an
+    offset); 0 if unset."""
     if not stamp or stamp.startswith("0001-"):
         return 0.0
-    head, _, rest = stamp.partition(".")
-    fraction = rest.rstrip("Z")[:6] if rest else "0"
-    zone = "+00:00" if stamp.endswith("Z") else ""
-    return datetime.fromisoformat(f"{head}.{fraction.ljust(6, '0')}{zone}").timestamp()
+    text = stamp.replace("Z", "+00:00")
+    main, zone = text[:19], text[19:]
+    fraction = ""
+    if zone.startswith("."):
+        digits = zone[1:].split("+")[0].split("-")[0]
+        fraction, zone = digits[:6], zone[1 + len(digits) :]
+    return datetime.fromisoformat(f"{main}.{fraction.ljust(6, '0')}{zone}").timestamp()

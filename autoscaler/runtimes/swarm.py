@@ -145,7 +145,7 @@ def current_task(service_id: str, tasks: Sequence[Mapping[str, Any]]) -> Mapping
     Purely computational."""
     mine = [t for t in tasks if t.get("ServiceID") == service_id]
     meant = [t for t in mine if t.get("DesiredState") == "running"] or mine
-    return max(meant, key=lambda t: t.get("CreatedAt", ""), default=None)
+    return max(meant, key=lambda t: epoch(t.get("CreatedAt", "")), default=None)
 
 
 def instances(snapshot: Snapshot, config: Config) -> list[ShardInstance]:
@@ -175,8 +175,12 @@ def _instance(
         "memory_limit_bytes": int(limits.get("MemoryBytes") or 0),
         "labels": dict(spec.get("Labels", {})),
     }
-    if task is None:  # just created or forced: the orchestrator has not made its task yet
+    if task is None:
         started = epoch(service.get("UpdatedAt") or service.get("CreatedAt", ""))
+        if _replicas(spec) == 0:
+            # Scaled to none and left so (a stop that was interrupted): dead, so it is replaced.
+            return ShardInstance(running=False, started_at=started, detail="0 replicas", **common)
+        # Just created or forced: the orchestrator has not made its task yet.
         return ShardInstance(
             running=False, waiting=True, started_at=started, detail="new", **common
         )
@@ -185,15 +189,22 @@ def _instance(
     message = status.get("Err") or status.get("Message") or ""
     node = task.get("NodeID", "")
     where = f" on {hostnames[node]}" if node in hostnames else ""
+    # Boot time counts from when the container started, not from when the task was made: a
+    # task that waited long for a node with room must still get its whole boot_timeout.
+    since = status.get("Timestamp") if state in RUNNING else task.get("CreatedAt")
     return ShardInstance(
         running=state in RUNNING,
         waiting=state in WAITING,
-        started_at=epoch(task.get("CreatedAt", "")),
+        started_at=epoch(since or ""),
         endpoint=_overlay_endpoint(task, config.shard.network, port),
         detail=(f"{state}: {message}" if message and message != state else state) + where,
         node=node,
         **common,
     )
+
+
+def _replicas(spec: Mapping[str, Any]) -> int:
+    return int(spec.get("Mode", {}).get("Replicated", {}).get("Replicas", 1))
 
 
 def _overlay_endpoint(task: Mapping[str, Any], network: str | None, port: int) -> str:
@@ -332,10 +343,13 @@ class SwarmRuntime:
         return next((s for s in found if s["Spec"]["Name"] == name), None)
 
     def _start(self, shard_id: str) -> ShardInstance:
-        if self._find(shard_id) is None:
+        service = self._find(shard_id)
+        if service is None:
             spec = service_spec(self.config, shard_id)
             log.info("creating service %s (%s)", spec["name"], self.config.shard.image)
             self._api("create_service", **spec)
+        elif _replicas(service["Spec"]) == 0:  # left scaled to none by an interrupted stop
+            self._scale(service, 1)
         snapshot = self._read()
         return next(i for i in instances(snapshot, self.config) if i.shard_id == shard_id)
 
@@ -351,15 +365,7 @@ class SwarmRuntime:
             return
         name = service["Spec"]["Name"]
         log.info("stopping service %s", name)
-        spec = service["Spec"]
-        self._api(
-            "update_service",
-            service["ID"],
-            service["Version"]["Index"],
-            task_template=spec["TaskTemplate"],
-            mode={"Replicated": {"Replicas": 0}},
-            fetch_current_spec=True,
-        )
+        self._scale(service, 0)
         deadline = time.monotonic() + timeout + 10
         while time.monotonic() < deadline:
             tasks = self._api("tasks", filters={"service": service["ID"]})
@@ -384,5 +390,16 @@ class SwarmRuntime:
             service["ID"],
             service["Version"]["Index"],
             task_template=task,
+            mode={"Replicated": {"Replicas": 1}},  # also undoes an interrupted stop's 0
+            fetch_current_spec=True,
+        )
+
+    def _scale(self, service: Mapping[str, Any], replicas: int) -> None:
+        self._api(
+            "update_service",
+            service["ID"],
+            service["Version"]["Index"],
+            task_template=service["Spec"]["TaskTemplate"],
+            mode={"Replicated": {"Replicas": replicas}},
             fetch_current_spec=True,
         )

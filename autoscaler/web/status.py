@@ -142,7 +142,7 @@ def _nodes(daemon: Daemon) -> list[dict[str, Any]] | None:
 def _fronts(daemon: Daemon) -> list[dict[str, Any]]:
     """Every front that reported, what it serves, and whether that is the latest config."""
     front, now = daemon.front, daemon.clock.time()
-    published = front.state.published.generation if front.state.published else None
+    published = front.state.generation or None
     return [
         {
             "id": r.id,

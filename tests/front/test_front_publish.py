@@ -8,6 +8,7 @@ rendered port and pid file); other fronts appear as their reports, written throu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 from support.clock import FakeClock
 from support.frontkit import TEMPLATES, Upstreams, nginx_folder, nginx_settings, shard_for
+from support.procs import wait_for
 
 from autoscaler.engine.fleet import Fleet, ShardInstance
 from autoscaler.front import agent as agent_module
@@ -104,11 +106,11 @@ async def test_the_ring_follows_once_every_live_front_serves_the_config(kit: Kit
     published = kit.front.state.published
     assert published is not None and await kit.ring() is None
     await kit.agent.step()  # front-a applies it: nginx starts on it
-    assert kit.agent.generation == published.generation
+    assert kit.agent.generation == kit.front.state.generation
     assert await kit.served_by_nginx() == published.version
     await kit.front.update(kit.fleet("shard-1", "shard-2"), dry_run=False)
     assert await kit.ring() is None, "front-b does not serve it yet"
-    await kit.other_front("front-b", published.generation)
+    await kit.other_front("front-b", kit.front.state.generation)
     await kit.front.update(kit.fleet("shard-1", "shard-2"), dry_run=False)
     assert await kit.ring() == ["shard-1", "shard-2"]
     assert kit.front.error == "" and kit.front.applied is not None
@@ -173,6 +175,7 @@ async def test_the_agent_brings_back_an_nginx_that_was_killed(kit: Kit) -> None:
     pid = running_pid(Path(kit.settings.pid_path))
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: running_pid(Path(kit.settings.pid_path)) is None, 5, "the master to die")
     await kit.agent.step()
     assert kit.agent.restarts == 1
     back = running_pid(Path(kit.settings.pid_path))
@@ -206,5 +209,21 @@ async def test_a_moved_shard_is_a_new_generation_every_front_reloads(kit: Kit) -
     await kit.agent.step()
     published = kit.front.state.published
     assert published is not None
-    assert kit.agent.generation == published.generation != first
+    assert kit.agent.generation == kit.front.state.generation != first
     assert kit.agent.version == published.version
+
+
+async def test_new_text_for_the_same_table_is_a_new_generation(kit: Kit) -> None:
+    """Other nginx settings (a reload of config.yaml) render other text for the same table:
+    every front must load it, not take it for what it already serves."""
+    await kit.front.update(kit.fleet("shard-1"), dry_run=False)
+    await kit.agent.step()
+    first, version = kit.agent.generation, kit.agent.version
+    other = kit.settings.model_copy(update={"read_timeout": 99.0})
+    fresh = Front(other, 20.0, kit.redis, KEYS, Metrics(), kit.clock)  # as after a reload
+    await fresh.update(kit.fleet("shard-1"), dry_run=False)
+    await kit.agent.step()
+    assert kit.agent.generation == fresh.state.generation != first
+    assert kit.agent.version == version, "the same table"
+    served = await asyncio.to_thread(Path(kit.settings.config_path).read_text)
+    assert "proxy_read_timeout 99000ms" in served

@@ -5,7 +5,7 @@ from __future__ import annotations
 from autoscaler.front.fronts import FrontReport, generation, judge
 
 NOW = 1_000_000.0
-NEW = generation("v2", [("shard-1", "10.0.0.2:8000")])
+NEW = generation("text v2", [("shard-1", "10.0.0.2:8000")])
 
 
 def report(front: str, served: str, age: float = 1, error: str = "") -> FrontReport:
@@ -43,10 +43,10 @@ def test_a_front_that_refused_the_config_is_reported_at_once() -> None:
     assert problem == "front b could not apply the config: nginx -t rejected the config"
 
 
-def test_the_generation_changes_with_where_shards_are() -> None:
-    assert generation("v2", [("shard-1", "10.0.0.2:8000")]) == NEW
-    assert generation("v2", [("shard-1", "10.0.0.7:8000")]) != NEW
-    assert generation("v3", [("shard-1", "10.0.0.2:8000")]) != NEW
+def test_the_generation_changes_with_the_text_and_where_shards_are() -> None:
+    assert generation("text v2", [("shard-1", "10.0.0.2:8000")]) == NEW
+    assert generation("text v2", [("shard-1", "10.0.0.7:8000")]) != NEW
+    assert generation("text v3", [("shard-1", "10.0.0.2:8000")]) != NEW
 
 
 def test_reports_round_trip_through_their_fields() -> None:

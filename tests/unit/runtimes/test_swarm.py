@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from autoscaler.runtimes.base import epoch
 from autoscaler.runtimes.swarm import Snapshot, cluster, current_task, instances, service_spec
 from chatscale_contract.config import Config
 from chatscale_contract.configload import ConfigError, parse_config
@@ -207,3 +208,36 @@ def test_swarm_needs_an_overlay_network_named() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config("runtime:\n  kind: swarm\n", "c.yaml", {})
     assert "runtime.kind swarm needs shard.network" in str(info.value)
+
+
+def test_a_service_left_at_no_replicas_is_dead_not_waiting() -> None:
+    """A stop scales to 0 before removing: interrupted there, the service must be replaced."""
+    stopped = service("s1", "shard-1")
+    stopped["Spec"]["Mode"] = {"Replicated": {"Replicas": 0}}
+    (one,) = instances(Snapshot([stopped], [], [], 0), CONFIG)
+    assert not one.running and not one.waiting and one.detail == "0 replicas"
+
+
+def test_boot_time_counts_from_when_the_container_started() -> None:
+    """A task that waited long for a node gets its whole boot_timeout once it runs."""
+    late = task("s1", "starting", created="01:00:00")
+    late["Status"]["Timestamp"] = "2026-12-02T01:30:00Z"
+    (one,) = instances(Snapshot([service("s1", "shard-1")], [late], [node("n1")], 0), CONFIG)
+    assert one.started_at == epoch("2026-12-02T01:30:00Z")
+    pending = task("s1", "pending", created="01:00:00")
+    (two,) = instances(Snapshot([service("s1", "shard-1")], [pending], [node("n1")], 0), CONFIG)
+    assert two.started_at == epoch("2026-12-02T01:00:00.5Z")
+
+
+@pytest.mark.parametrize(
+    ("stamp", "expected"),
+    [
+        ("2026-12-02T01:22:02.241777188Z", 1796174522.241777),
+        ("2026-12-02T01:22:00Z", 1796174520.0),  # Go writes whole seconds without a fraction
+        ("2026-12-02T02:22:00.5+01:00", 1796174520.5),
+        ("0001-01-01T00:00:00Z", 0.0),
+        ("", 0.0),
+    ],
+)
+def test_docker_timestamps(stamp: str, expected: float) -> None:
+    assert epoch(stamp) == pytest.approx(expected)
