@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from autoscaler.engine.explain import explain_quiet
 from autoscaler.engine.schedules import VALIDATION
 from autoscaler.engine.simcluster import NodeSpec
 from autoscaler.engine.simulate import TraceError, parse_trace
@@ -115,6 +116,7 @@ def _check_config(args: argparse.Namespace) -> int:
         f" x {config.shard.max_sessions} sessions, {len(policy.schedules)} schedule(s)"
         f"{', dry run' if policy.dry_run else ''})"
     )
+    print(explain_quiet(config))
     return 0
 
 

@@ -33,3 +33,24 @@ class Metrics:
         self.exceptions = Gauge(
             "chatscale_route_exceptions", "Sessions routed off their ring owner", registry=r
         )
+        self.activator_held = Gauge(
+            "chatscale_activator_held", "Requests this activator holds now", registry=r
+        )
+        self.activator_requests = Counter(
+            "chatscale_activator_requests",
+            "Requests the activator held, by how it ended (passed, timeout, overflow)",
+            ["outcome"],
+            registry=r,
+        )
+        self.activator_hold_seconds = Histogram(
+            "chatscale_activator_hold_seconds",
+            "How long a request was held before it was passed to a shard or given up",
+            ["outcome"],
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120),
+        )
+        self.activator_wakeups = Counter(
+            "chatscale_activator_wakeups",
+            "Requests that found no shard running at all (the fleet woke from zero)",
+            registry=r,
+        )

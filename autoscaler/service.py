@@ -28,6 +28,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from redis.exceptions import RedisError
 
+from autoscaler.activator.hold import Activator
+from autoscaler.activator.server import running
 from autoscaler.channel import listen
 from autoscaler.front.agent import AgentIdentity, FrontAgent
 from autoscaler.front.reload import LocalReloader
@@ -51,19 +53,22 @@ class Reconciles(Protocol):
 class Nudger:
     """Runs the reconcile pass sooner than its next interval, without ever running it later.
 
-    A burst of nudges (every refused create sends one) makes one pass: passes start at most
-    every SPACING seconds, and a nudge for a moment at or after the next planned run changes
-    nothing. None is lost: a nudge that arrives while a pass runs makes another pass right after
-    it, run in the same job (APScheduler would skip a run asked for while its one allowed
-    instance is still running), because what it announced may have come too late for the
-    running pass.
+    A burst of nudges (every refused create sends one) makes one pass: a pass starts at least
+    `spacing` seconds after the one before, twice as long as that one took (at least
+    MIN_SPACING), so nudges never keep the daemon busy more than half the time, and a held
+    request on a small fleet waits a tenth of a second, not half a second, for its pass. A
+    nudge for a moment at or after the next planned run changes nothing. None is lost: a nudge
+    that arrives while a pass runs makes another pass right after it, run in the same job
+    (APScheduler would skip a run asked for while its one allowed instance is still running),
+    because what it announced may have come too late for the running pass.
     """
 
-    SPACING = 0.5
+    MIN_SPACING = 0.1
 
     def __init__(self, scheduler: AsyncIOScheduler):
         self.scheduler = scheduler
-        self.started = -self.SPACING
+        self.spacing = self.MIN_SPACING
+        self.started = -self.spacing
         """When the last pass started (monotonic)."""
         self.running = False
         self.missed = False
@@ -77,7 +82,7 @@ class Nudger:
         if job is None:
             return
         now = time.monotonic()
-        wanted = max(delay, self.started + self.SPACING - now, 0.0)
+        wanted = max(delay, self.started + self.spacing - now, 0.0)
         at = datetime.now(UTC) + timedelta(seconds=wanted)
         planned = job.next_run_time
         if planned is None or at < planned:
@@ -93,9 +98,11 @@ class Nudger:
                 await daemon.reconcile()
             finally:
                 self.running = False
+                took = time.monotonic() - self.started
+                self.spacing = max(self.MIN_SPACING, 2 * took)
             if not self.missed:
                 break
-            await asyncio.sleep(max(0.0, self.started + self.SPACING - time.monotonic()))
+            await asyncio.sleep(max(0.0, self.started + self.spacing - time.monotonic()))
         due = daemon.follow_up()
         if due is not None:
             self(due)
@@ -130,7 +137,21 @@ async def serve(config: Config, config_path: Path | None) -> int:
         except RuntimeFailure as exc:
             log.error("cannot run shards with runtime %s: %s", config.runtime.kind, exc)
             return 2
-        await stack.enter_async_context(_status_server(daemon, config.status.bind))
+        activator = None
+        try:
+            if config.activator.enabled:
+                activator = await stack.enter_async_context(
+                    running(config, daemon.redis, daemon.metrics, SYSTEM)
+                )
+            await stack.enter_async_context(_status_server(daemon, activator, config.status.bind))
+        except OSError as exc:  # the port is taken, or the address is not this machine's
+            log.error(
+                "cannot listen (activator.bind %s, status.bind %s): %s",
+                config.activator.bind,
+                config.status.bind,
+                exc,
+            )
+            return 2
         log.info(
             "autoscaler %s: runtime %s, %d-%d shards, status on http://%s/%s",
             daemon.holder,
@@ -157,9 +178,11 @@ async def serve(config: Config, config_path: Path | None) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _status_server(daemon: Daemon, bind: str) -> AsyncIterator[None]:
+async def _status_server(
+    daemon: Daemon, activator: Activator | None, bind: str
+) -> AsyncIterator[None]:
     host, _, port = bind.rpartition(":")
-    runner = web.AppRunner(init_app(daemon), access_log=None)
+    runner = web.AppRunner(init_app(daemon, activator), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()

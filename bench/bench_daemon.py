@@ -188,6 +188,7 @@ def reaction(config: Config, client: object) -> list[str]:
     status_port = free_port()
     data = config.model_dump(mode="json")
     data["status"] = {"bind": f"127.0.0.1:{status_port}"}
+    data["activator"] = {"bind": f"127.0.0.1:{free_port()}"}
     (folder / "config.yaml").write_text(yaml.safe_dump(data))
     daemon = start(
         [

@@ -37,7 +37,7 @@ def time_decide(shards: int, sessions: int, repeats: int = 300) -> list[float]:
     now = 1_000_000.0
     history = History(now - 10_000)
     for t in range(0, 300, 2):  # a full scale-down window of history, as the daemon keeps
-        history = history.record(now - 300 + t, shards, 600)
+        history = history.record(now - 300 + t, shards, 600, busy=True)
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()

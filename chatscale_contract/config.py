@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from chatscale_contract.hops import MAX_HOLD
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)b?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
@@ -190,16 +192,28 @@ class Policy(Frozen):
     """Windows that raise min_shards, e.g. before a known daily peak."""
     dry_run: bool = False
     """Decide and report, but start, stop and reload nothing."""
+    idle_to_zero: PositiveFloat | None = None
+    """Seconds without any session and without any waiting request after which the fleet goes
+    to zero shards, whatever min_shards and the buffer say (an open schedule window still
+    holds its floor). The next request wakes it through the activator. None: never."""
+
+    @property
+    def can_reach_zero(self) -> bool:
+        """Whether this policy ever leaves the fleet without a shard."""
+        return self.idle_to_zero is not None or (self.min_shards == 0 and self.buffer.slots == 0)
 
     @model_validator(mode="after")
     def _bounds(self) -> Policy:
         if self.min_shards > self.max_shards:
             raise ValueError(
-                f"min_shards ({self.min_shards}) exceeds max_shards ({self.max_shards})"
+                f"min_shards: {self.min_shards} exceeds max_shards ({self.max_shards})"
             )
-        for schedule in self.schedules:
+        for index, schedule in enumerate(self.schedules):
             if schedule.min_shards > self.max_shards:
-                raise ValueError(f"schedule {schedule.name!r} asks for more than max_shards")
+                raise ValueError(
+                    f"schedules.{index}.min_shards: schedule {schedule.name!r} asks for"
+                    f" {schedule.min_shards}, more than max_shards ({self.max_shards})"
+                )
         return self
 
 
@@ -310,18 +324,34 @@ class RuntimeSettings(Frozen):
     swarm: SwarmRuntime = SwarmRuntime()
 
 
-class ReconcileSettings(Frozen):
-    interval: PositiveFloat = 2.0
-    """Seconds between two reconcile passes (a shard reporting `full` triggers one sooner)."""
-    leader_ttl: PositiveFloat = 10.0
-    """Seconds the leader lock lives without renewal: how soon a standby takes over."""
-
-
 def _check_bind(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{value!r} is not host:port, e.g. 127.0.0.1:8080")
     return value
+
+
+class ActivatorSettings(Frozen):
+    enabled: bool = True
+    """Hold requests no shard can take (no shard at all, or all full) until one can, instead of
+    answering 503; this is what wakes a fleet at zero shards. Off: 503 with Retry-After."""
+    bind: Annotated[str, AfterValidator(_check_bind)] = "127.0.0.1:8081"
+    """host:port the activator listens on; the fronts and the shards must reach it."""
+    advertise: str | None = None
+    """host:port the fronts and shards reach this activator at. None: the bind address, or
+    when that is 0.0.0.0, this machine's address on the way to Redis, with the bind port."""
+    hold_timeout: PositiveFloat = Field(default=60.0, le=MAX_HOLD)
+    """Seconds a request is held waiting for room; then 503 with Retry-After (its demand stays
+    recorded, so the fleet still grows)."""
+    max_held: PositiveInt = 1000
+    """Requests held at once by one activator; the next gets 503 with Retry-After at once."""
+
+
+class ReconcileSettings(Frozen):
+    interval: PositiveFloat = 2.0
+    """Seconds between two reconcile passes (a shard reporting `full` triggers one sooner)."""
+    leader_ttl: PositiveFloat = 10.0
+    """Seconds the leader lock lives without renewal: how soon a standby takes over."""
 
 
 class StatusSettings(Frozen):
@@ -339,6 +369,7 @@ class Config(Frozen):
     reconcile: ReconcileSettings = ReconcileSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     nginx: NginxSettings = NginxSettings()
+    activator: ActivatorSettings = ActivatorSettings()
     status: StatusSettings = StatusSettings()
 
     @model_validator(mode="after")
@@ -349,6 +380,26 @@ class Config(Frozen):
                 " and the autoscaler are on too (the stack file makes one)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _holds_fit_in_nginx(self) -> Config:
+        if self.activator.enabled and self.activator.hold_timeout >= self.nginx.read_timeout:
+            raise ValueError(
+                f"activator.hold_timeout: {self.activator.hold_timeout:g} s must be shorter than"
+                f" nginx.read_timeout ({self.nginx.read_timeout:g} s), or nginx gives up on a"
+                " held request first"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _can_wake(self) -> Config:
+        if self.activator.enabled or not self.policy.can_reach_zero:
+            return self
+        raise ValueError(
+            "activator.enabled: false, but the fleet can reach zero shards (policy.idle_to_zero,"
+            " or min_shards 0 with buffer.slots 0) and then nothing would start one again:"
+            " enable the activator, or keep a shard (policy.min_shards: 1)"
+        )
 
     def fingerprint(self) -> str:
         """Short hash of the shard-relevant settings; labels containers started with them."""

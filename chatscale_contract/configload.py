@@ -11,6 +11,7 @@ it carries (`config.CRON_CHECK`).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ NAMED_ENV = {
     "AUTOSCALER_DRY_RUN": ("policy", "dry_run"),
     "STATUS_BIND": ("status", "bind"),
     "STATUS_TOKEN": ("status", "token"),
+    "ACTIVATOR_BIND": ("activator", "bind"),
+    "ACTIVATOR_ADVERTISE": ("activator", "advertise"),
 }
 
 Path_ = tuple[str | int, ...]
@@ -196,20 +199,38 @@ def _set_path(data: dict[str, Any], key_path: tuple[str, ...], value: Any) -> bo
     return True
 
 
+_KEY_FIRST = re.compile(r"^([a-z_][a-z0-9_]*(?:\.(?:[a-z_][a-z0-9_]*|\d+))*): (.+)$", re.DOTALL)
+
+
 def _pydantic_issues(
     exc: ValidationError, lines: dict[Path_, str], source: str
 ) -> list[ConfigIssue]:
     issues = []
     for error in exc.errors():
         loc = tuple(error["loc"])
-        dotted = ".".join(str(p) for p in loc)
         message = error["msg"].removeprefix("Value error, ")
+        loc, message = _named_key(loc, message, lines)
+        dotted = ".".join(str(p) for p in loc)
         if error["type"] == "extra_forbidden":
             message = "unknown key (typo?)"
         elif _worth_showing(error, message):
             message = f"{message} (got {error['input']!r})"
         issues.append(ConfigIssue(dotted, _nearest_line(loc, lines, source), message))
     return sorted(issues, key=_file_order)
+
+
+def _named_key(loc: Path_, message: str, lines: dict[Path_, str]) -> tuple[Path_, str]:
+    """A check across several keys (a model validator) reports at the section it belongs to;
+    when its message starts with the key to blame ("max_shards: ..." or "activator.enabled:
+    ..."), the issue points at that key and its line instead. Purely computational."""
+    match = _KEY_FIRST.match(message)
+    if not match:
+        return loc, message
+    named = tuple(int(p) if p.isdigit() else p for p in match.group(1).split("."))
+    for candidate in ((*loc, *named), named):
+        if candidate in lines:
+            return candidate, match.group(2)
+    return (*loc, *named), match.group(2)
 
 
 def _worth_showing(error: Any, message: str) -> bool:

@@ -91,6 +91,12 @@ class Keys:
         return f"{self.prefix}front:{front_id}"
 
     @property
+    def activators(self) -> str:
+        """ZSET activator address (host:port) -> time of its last registration. nginx and the
+        shards hand requests no shard can take to the live ones (hops.ACTIVATOR_TTL)."""
+        return f"{self.prefix}activators"
+
+    @property
     def nudge(self) -> str:
         """Pub/sub channel: a shard that became full asks for a reconcile pass now."""
         return f"{self.prefix}nudge"

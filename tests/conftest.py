@@ -1,7 +1,9 @@
-"""Fixtures shared by every test layer: a real Redis server owned by the test session."""
+"""Fixtures shared by every test layer: a real Redis server and the stand-in site, owned by the
+test session."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import redis.asyncio as aioredis
 from support.clock import FakeClock
 from support.loop import CAPACITY, Loop
 from support.memruntime import MemoryRuntime
-from support.procs import start_redis, stop
+from support.procs import free_port, port_open, require_binary, start, start_redis, stop, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +38,23 @@ async def aredis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def site_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The stand-in for WhatsApp Web (tests/fakesite), as its own process."""
+    require_binary("chromium")
+    port = free_port()
+    log = tmp_path_factory.mktemp("fakesite") / "fakesite.log"
+    argv = [sys.executable, "-m", "fakesite"]
+    proc = start(
+        [*argv, "--port", str(port), "--qr-rotate-seconds", "60"],
+        log,
+        {"PYTHONPATH": str(Path(__file__).resolve().parent)},
+    )
+    wait_for(lambda: port_open(port), 15, f"fakesite (log: {log})")
+    yield f"http://127.0.0.1:{port}"
+    stop(proc)
 
 
 @pytest.fixture(scope="session")

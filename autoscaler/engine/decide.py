@@ -51,7 +51,7 @@ class Requirement:
 def requirement(observed: Observed, policy: Policy) -> Requirement:
     """Shards needed for the current load, before bounds and stabilization."""
     max_sessions = observed.max_sessions
-    sessions = observed.sessions + observed.pending
+    sessions = observed.sessions + observed.waiting
     buffer = max(policy.buffer.slots, _ceil(sessions * policy.buffer.percent / 100))
     hot = policy.memory_high_watermark * observed.memory_limit_bytes
     full_by_memory = [s for s in observed.shards if hot > 0 and s.memory_bytes >= hot]
@@ -60,7 +60,7 @@ def requirement(observed: Observed, policy: Policy) -> Requirement:
     )
     per_shard = max_sessions * policy.target_utilization
     by_sessions = _ceil((used + buffer) / per_shard)
-    waiting = f" (incl. {observed.pending} waiting for room)" if observed.pending else ""
+    waiting = f" (incl. {observed.waiting} waiting for room)" if observed.waiting else ""
     reasons = [
         f"{sessions} sessions{waiting} + {buffer} buffer"
         + (
@@ -98,6 +98,20 @@ def bounded(need: int, policy: Policy, now: float) -> tuple[int, list[str]]:
     return need, []
 
 
+def _asleep(observed: Observed, policy: Policy, history: History, now: float) -> str:
+    """Why the fleet should be at zero shards now ("" if it should not): idle for
+    policy.idle_to_zero, and no schedule window open that holds a floor."""
+    if policy.idle_to_zero is None or observed.busy:
+        return ""
+    idle = history.idle_for(now)
+    if idle < policy.idle_to_zero or raised_floor(0, policy.schedules, now)[0] > 0:
+        return ""
+    return (
+        f"no session and no waiting request for {idle:.0f} s"
+        f" (policy.idle_to_zero {policy.idle_to_zero:g} s): to zero shards until a request comes"
+    )
+
+
 def stabilized(
     recommendation: int, current: int, policy: Policy, history: History, now: float
 ) -> tuple[int, list[str]]:
@@ -129,11 +143,16 @@ def decide(observed: Observed, policy: Policy, history: History, now: float) -> 
         reason = f"holding: data is stale ({observed.stale_reason or 'unknown reason'})"
         return Plan(current, current, current, reasons=(reason,), held=True)
     need = requirement(observed, policy)
-    recommendation, bound_reasons = bounded(need.shards, policy, now)
-    desired, stable_reasons = stabilized(recommendation, current, policy, history, now)
-    # Bounds are hard: a floor raised by a schedule, or a lowered max_shards, applies at once
-    # whatever the stabilization windows say.
-    desired = min(max(desired, bounded(0, policy, now)[0]), policy.max_shards)
+    asleep = _asleep(observed, policy, history, now)
+    stable_reasons: list[str]
+    if asleep:
+        recommendation, desired, bound_reasons, stable_reasons = 0, 0, [asleep], []
+    else:
+        recommendation, bound_reasons = bounded(need.shards, policy, now)
+        desired, stable_reasons = stabilized(recommendation, current, policy, history, now)
+        # Bounds are hard: a floor raised by a schedule, or a lowered max_shards, applies at
+        # once whatever the stabilization windows say.
+        desired = min(max(desired, bounded(0, policy, now)[0]), policy.max_shards)
     taken = {shard_number(s.id) for s in observed.shards}
     grow = _grow(draining, desired - current, policy, taken, observed.room)
     cancelled = {a.shard_id for a in grow if a.kind == ActionKind.CANCEL_DRAIN}

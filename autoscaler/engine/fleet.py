@@ -64,6 +64,8 @@ class Fleet:
     fresh_since: float = 0.0
     """Since when observations have been readable without a gap. Heartbeats that went missing
     while Redis was unreachable prove nothing about the shards."""
+    activators: tuple[str, ...] = ()
+    """Addresses of the live activators (sorted): nginx hands them what no shard can take."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ def to_observed(fleet: Fleet, limits: FleetLimits) -> Observed:
         max_sessions,
         memory,
         pending=fleet.pending,
+        orphans=len(fleet.orphans),
         room=space.shards if space else None,
         room_reason=space.reason if space else "",
         notes=_notes(fleet, limits),

@@ -49,6 +49,8 @@ class Observed:
     fresh: bool = True
     """False when the store could not be read or the data cannot be trusted."""
     stale_reason: str = ""
+    orphans: int = 0
+    """Sessions released to be placed again (their shard stopped) and not placed yet."""
     room: int | None = None
     """How many more shards the runtime can place now; None when it sets no bound (one Docker
     host, local processes). On Swarm: free reservable memory of the eligible nodes."""
@@ -60,6 +62,17 @@ class Observed:
     @property
     def sessions(self) -> int:
         return sum(s.sessions for s in self.shards)
+
+    @property
+    def waiting(self) -> int:
+        """Sessions that need a slot and have none yet."""
+        return self.pending + self.orphans
+
+    @property
+    def busy(self) -> bool:
+        """Anything at all to serve: a session (held by any shard, even a dead one) or a
+        request waiting for room."""
+        return self.sessions > 0 or self.waiting > 0
 
     @property
     def capacity(self) -> int:
@@ -109,11 +122,20 @@ class History:
     started_at: float
     """When observation began; scale-down waits until history covers its whole window."""
     entries: tuple[tuple[float, int], ...] = field(default=())
+    busy_at: float | None = None
+    """When the fleet last had a session or a waiting request (None: not since started_at)."""
 
-    def record(self, t: float, recommendation: int, keep_seconds: float) -> History:
-        """Append (entries stay in time order) and forget what is older than keep_seconds."""
+    def record(self, t: float, recommendation: int, keep_seconds: float, busy: bool) -> History:
+        """Append (entries stay in time order) and forget what is older than keep_seconds;
+        remember `t` if the fleet was `busy` then."""
         cut = bisect_left(self.entries, (t - keep_seconds,))
-        return History(self.started_at, (*self.entries[cut:], (t, recommendation)))
+        entries = (*self.entries[cut:], (t, recommendation))
+        return History(self.started_at, entries, t if busy else self.busy_at)
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since the fleet last had a session or a waiting request."""
+        last = self.started_at if self.busy_at is None else self.busy_at
+        return max(0.0, now - last)
 
     def within(self, now: float, seconds: float) -> list[int]:
         low = bisect_left(self.entries, (now - seconds,))

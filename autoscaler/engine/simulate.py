@@ -187,7 +187,7 @@ class Simulation:
         keep = max(
             self.config.policy.scale_down.stabilization, self.config.policy.scale_up.stabilization
         )
-        self.history = self.history.record(t, plan.recommendation, keep)
+        self.history = self.history.record(t, plan.recommendation, keep, observed.busy)
         self._apply(plan, t, point)
         self._account(t, dt, unmet, plan, observed)
         record: dict[str, object] = {

@@ -26,8 +26,10 @@ from chatscale_contract.ring import shard_order
 TEMPLATE = "nginx.conf.j2"
 RING_UPSTREAM = "chatscale_ring"
 ANY_UPSTREAM = "chatscale_any"
+ACTIVATOR_UPSTREAM = "chatscale_activator"
 UNAVAILABLE = "unavailable"
-"""Map value for requests no upstream can take; the template answers them 503 before proxying."""
+"""Map value for requests no upstream can take when no activator is live; the template answers
+them 503 before proxying."""
 
 _HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])$")
 _PATH = re.compile(r"^[A-Za-z0-9/._+@=,-]+$")
@@ -72,6 +74,8 @@ def context(table: RouteTable, settings: NginxSettings) -> dict[str, Any]:
     ring = [s.addr for s in shards if s.in_ring]
     pool = [s.addr for s in shards if s.accepting]
     max_size, bucket_size = map_hash_sizes(len(table.exceptions))
+    # What no shard can take goes to an activator, which holds it until one can.
+    nowhere = ACTIVATOR_UPSTREAM if table.activators else UNAVAILABLE
     return {
         "version": table.version,
         "settings": settings,
@@ -82,9 +86,11 @@ def context(table: RouteTable, settings: NginxSettings) -> dict[str, Any]:
         "shards": shards,
         "ring": ring,
         "pool": pool,
-        "ring_upstream": RING_UPSTREAM if ring else UNAVAILABLE,
-        "any_upstream": ANY_UPSTREAM if pool else UNAVAILABLE,
+        "ring_upstream": RING_UPSTREAM if ring else nowhere,
+        "any_upstream": ANY_UPSTREAM if pool else nowhere,
         "unavailable": UNAVAILABLE,
+        "activators": table.activators,
+        "activator_upstream": ACTIVATOR_UPSTREAM,
         "exceptions": len(table.exceptions),
         "map_entries": table.map_entries,
         "map_hash_max_size": max_size,
@@ -97,6 +103,11 @@ def check_table(table: RouteTable) -> list[str]:
     problems = [p for shard in table.shards for p in _check_shard(shard)]
     problems += _duplicates("shard id", [s.id for s in table.shards])
     problems += _duplicates("address", [s.addr for s in table.shards])
+    for addr in table.activators:
+        reason = check_addr(addr)
+        if reason:
+            problems.append(f"activator addr {reason}")
+    problems += _duplicates("activator", table.activators)
     known = {s.id for s in table.shards}
     canonical = _CANONICAL.fullmatch
     for sid, owner in table.exceptions.items():

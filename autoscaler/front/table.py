@@ -49,6 +49,8 @@ class RouteTable:
     shards: tuple[RouteShard, ...]
     exceptions: Mapping[str, str] = field(default_factory=dict, hash=False)
     """Session id -> shard id, for sessions living somewhere other than their ring owner."""
+    activators: tuple[str, ...] = ()
+    """host:port of the live activators: requests no shard can take go to them (sorted)."""
 
     @cached_property
     def version(self) -> str:
@@ -59,6 +61,7 @@ class RouteTable:
                 f"{shard.id} {shard.addr} {shard.in_ring:d}{shard.accepting:d}\n".encode()
             )
         digest.update(self.map_entries.encode())
+        digest.update(" ".join(self.activators).encode())
         return digest.hexdigest()[:16]
 
     @cached_property
@@ -88,14 +91,18 @@ def upstream_name(shard_id: str) -> str:
     return shard_id.replace("-", "_")
 
 
-def build_table(shards: Sequence[RouteShard], owners: Mapping[str, str]) -> RouteTable:
-    """A table routing every session in `owners` (session -> holding shard) to its holder.
+def build_table(
+    shards: Sequence[RouteShard], owners: Mapping[str, str], activators: Sequence[str] = ()
+) -> RouteTable:
+    """A table routing every session in `owners` (session -> holding shard) to its holder, and
+    what no shard can take to `activators`.
 
     Sessions held by a shard not in `shards` get no entry. Purely computational, no side effects.
     """
     table = RouteTable(tuple(shards))
     routable = {s.id for s in shards}
-    return RouteTable(table.shards, ring_exceptions(table.ring(), owners, routable))
+    exceptions = ring_exceptions(table.ring(), owners, routable)
+    return RouteTable(table.shards, exceptions, tuple(sorted(set(activators))))
 
 
 def route_shards(fleet: Fleet, heartbeat_timeout: float) -> list[RouteShard]:
@@ -115,7 +122,7 @@ def route_shards(fleet: Fleet, heartbeat_timeout: float) -> list[RouteShard]:
 
 
 def route_table(fleet: Fleet, heartbeat_timeout: float) -> RouteTable:
-    return build_table(route_shards(fleet, heartbeat_timeout), fleet.owners)
+    return build_table(route_shards(fleet, heartbeat_timeout), fleet.owners, fleet.activators)
 
 
 def endpoints(fleet: Fleet, table: RouteTable) -> dict[str, str]:

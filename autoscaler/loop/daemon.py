@@ -192,7 +192,8 @@ class Daemon:
         plan = decide(observed, policy, self.state.history, now)
         keep = max(policy.scale_down.stabilization, policy.scale_up.stabilization)
         if observed.fresh:
-            self.state.history = self.state.history.record(now, plan.recommendation, keep)
+            history = self.state.history
+            self.state.history = history.record(now, plan.recommendation, keep, observed.busy)
         events: list[Event] = []
         if leader:
             events += await self.actor.execute(plan, fleet, policy.dry_run, self.leading)
@@ -281,8 +282,14 @@ class Daemon:
         self.state.config_error = ""
         if new == self.config:
             return
-        if new.redis.url != self.config.redis.url or new.runtime != self.config.runtime:
-            self.state.config_error = "redis.url and runtime changes need a restart; kept old"
+        if (new.redis.url, new.runtime, new.activator) != (
+            self.config.redis.url,
+            self.config.runtime,
+            self.config.activator,
+        ):
+            self.state.config_error = (
+                "redis.url, runtime and activator changes need a restart; kept the old config"
+            )
             log.error(self.state.config_error)
             return
         log.info("config reloaded from %s", self.config_path)

@@ -14,11 +14,13 @@ from autoscaler.engine.fleet import Fleet
 from autoscaler.runtimes.base import Runtime, RuntimeFailure
 from chatscale_contract.beat import Beat
 from chatscale_contract.clock import Clock
+from chatscale_contract.hops import ACTIVATOR_TTL
 from chatscale_contract.ids import is_shard_id
 from chatscale_contract.keys import Keys
 
 PENDING_WINDOW = 60.0
-"""Refused creates younger than this count as demand (clients retry after Retry-After)."""
+"""Refused creates and held requests younger than this count as demand (clients retry after
+Retry-After; an activator renews the mark while it holds one)."""
 
 
 class Observer:
@@ -42,7 +44,7 @@ class Observer:
             return Fleet(now, error=f"runtime unreadable: {exc}")
         try:
             beats, owners, owned = await self._registry()
-            pending, orphans = await self._demand(now)
+            pending, orphans, activators = await self._demand(now)
         except (RedisError, OSError, ValueError, KeyError) as exc:
             self.fresh_since = None
             return Fleet(now, instances, error=f"redis unreadable: {exc}")
@@ -59,6 +61,7 @@ class Observer:
             orphans,
             cluster=cluster,
             fresh_since=since,
+            activators=activators,
         )
 
     async def _registry(self) -> tuple[dict[str, Beat], dict[str, str], dict[str, int]]:
@@ -79,10 +82,14 @@ class Observer:
             owned[shard_id] = len(members)
         return beats, owners, owned
 
-    async def _demand(self, now: float) -> tuple[int, tuple[str, ...]]:
+    async def _demand(self, now: float) -> tuple[int, tuple[str, ...], tuple[str, ...]]:
+        """Waiting requests, released sessions, and the activators that can hold requests."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zremrangebyscore(self.keys.pending, "-inf", now - PENDING_WINDOW)
             pipe.zcard(self.keys.pending)
             pipe.smembers(self.keys.orphans)
-            _, pending, orphans = await pipe.execute()
-        return int(pending), tuple(sorted(orphans))
+            # Registrations of activators gone for long are forgotten; recent ones are live.
+            pipe.zremrangebyscore(self.keys.activators, "-inf", now - 6 * ACTIVATOR_TTL)
+            pipe.zrangebyscore(self.keys.activators, now - ACTIVATOR_TTL, "+inf")
+            _, pending, orphans, _, activators = await pipe.execute()
+        return int(pending), tuple(sorted(orphans)), tuple(sorted(activators))

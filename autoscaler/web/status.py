@@ -16,12 +16,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
+from autoscaler.activator.hold import Activator
 from autoscaler.engine.model import ShardState
 from autoscaler.loop.daemon import Daemon, Decision
 from chatscale_contract.ids import InvalidSessionId, check_session_id, shard_number
 
 log = logging.getLogger(__name__)
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
+ACTIVATOR: web.AppKey[Activator] = web.AppKey("activator", Activator)
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent),
     autoescape=True,
@@ -30,9 +32,11 @@ _TEMPLATES = jinja2.Environment(
 _OPEN = {"/healthz"}
 
 
-def init_app(daemon: Daemon) -> web.Application:
+def init_app(daemon: Daemon, activator: Activator | None = None) -> web.Application:
     app = web.Application(middlewares=[_json_errors, _token])
     app[DAEMON] = daemon
+    if activator is not None:
+        app[ACTIVATOR] = activator
     app.add_routes(
         [
             web.get("/", page),
@@ -72,7 +76,7 @@ async def _token(request: web.Request, handler: Any) -> web.StreamResponse:
     return response
 
 
-def status(daemon: Daemon) -> dict[str, Any]:
+def status(daemon: Daemon, activator: Activator | None = None) -> dict[str, Any]:
     """The whole status as plain data (the HTML page renders this same dict)."""
     state, config = daemon.state, daemon.config
     observed = state.observed
@@ -90,6 +94,7 @@ def status(daemon: Daemon) -> dict[str, Any]:
             "desired": state.decisions[0].plan.desired if state.decisions else None,
             "sessions": observed.sessions if observed else 0,
             "pending": observed.pending if observed else 0,
+            "orphans": observed.orphans if observed else 0,
             "capacity": observed.capacity if observed else 0,
             "data_fresh": observed.fresh if observed else False,
             "stale_reason": (observed.stale_reason or None) if observed else None,
@@ -99,6 +104,7 @@ def status(daemon: Daemon) -> dict[str, Any]:
             "max_shards": config.policy.max_shards,
             "max_sessions": config.shard.max_sessions,
             "memory_limit": config.shard.memory_limit,
+            "idle_to_zero": config.policy.idle_to_zero,
         },
         "shards": shards,
         "nodes": _nodes(daemon),
@@ -110,6 +116,11 @@ def status(daemon: Daemon) -> dict[str, Any]:
             "exceptions": len(front.table.exceptions) if front.table else 0,
             "error": front.error or None,
             "fronts": _fronts(daemon),
+        },
+        "activator": {
+            "enabled": config.activator.enabled,
+            "here": activator.stats() if activator is not None else None,
+            "live": list(state.fleet.activators) if state.fleet else [],
         },
     }
 
@@ -226,7 +237,7 @@ def route(daemon: Daemon, session_id: str) -> dict[str, Any]:
 
 async def page(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
-    data = status(daemon)
+    data = status(daemon, request.app.get(ACTIVATOR))
     lookup = None
     if "session" in request.query:
         try:
@@ -247,7 +258,7 @@ async def page(request: web.Request) -> web.Response:
 
 async def status_json(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
-    data = status(daemon)
+    data = status(daemon, request.app.get(ACTIVATOR))
     try:
         data["events"] = [e.as_dict() for e in await daemon.events.recent(50)]
     except RedisError as exc:

@@ -16,11 +16,11 @@ from playwright.async_api import Error as PlaywrightError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
+from chatscale_contract.hops import FORWARDED_BY
 from chatscale_contract.ids import InvalidSessionId, check_session_id
 from shard.drivers import DEFAULT_DRIVER, MAX_TEXT, DriverError, Unsupported
 from shard.errors import Handler, json_error
 from shard.registry import Full, OwnedElsewhere
-from shard.routing import FORWARDED_BY
 from shard.sessions import Draining, LiveSession, NotHere, SessionSpec
 from shard.state import SHARD, Shard
 
@@ -271,7 +271,7 @@ async def ensure_started(
     if not forwarded and not mine:
         target = await shard.router.place(sid, shard.has_room())
         if target is None:
-            return await refuse(shard, sid)
+            return await refuse(request, sid)
         if target != shard.settings.shard_id:
             # Creates are always passed on as the canonical PUT, whatever form they came in.
             shard.metrics.forwarded.inc()
@@ -297,7 +297,7 @@ async def start_here(request: web.Request, sid: str, spec: SessionSpec) -> web.S
     except Draining:
         return json_error(503, "this shard is draining", retry_after=1)
     except Full:
-        return await refuse(shard, sid)
+        return await refuse(request, sid)
     except OwnedElsewhere as exc:
         if FORWARDED_BY in request.headers:
             return json_error(503, f"session {sid!r} is moving; retry", retry_after=1)
@@ -305,11 +305,19 @@ async def start_here(request: web.Request, sid: str, spec: SessionSpec) -> web.S
     return web.json_response(live_view(shard, session), status=201 if created else 200)
 
 
-async def refuse(shard: Shard, sid: str) -> web.Response:
-    """No room anywhere: record the demand so the autoscaler sees it, and ask for a retry."""
+async def refuse(request: web.Request, sid: str) -> web.Response:
+    """No room anywhere: record the demand so the autoscaler sees it at once, then hand the
+    request to an activator, which holds it until a shard has room. Without one (or for a
+    request an activator or shard passed here: it is retried there), ask for a retry."""
+    shard = request.app[SHARD]
     shard.metrics.refused.inc()
     await shard.registry.mark_pending(sid)
     await shard.registry.nudge()
+    if FORWARDED_BY not in request.headers:
+        answer = await shard.router.to_activator(request, await request.read())
+        if answer is not None:
+            shard.metrics.activated.inc()
+            return answer
     return json_error(503, "no shard has room for a new session; retry later", retry_after=5)
 
 

@@ -29,6 +29,11 @@ class ShardMetrics:
         self.refused = Counter(
             "chatscale_shard_creates_refused", "Creates refused for lack of room", registry=r
         )
+        self.activated = Counter(
+            "chatscale_shard_requests_activated",
+            "Creates no shard had room for, handed to an activator to hold",
+            registry=r,
+        )
         self.forwarded = Counter(
             "chatscale_shard_requests_forwarded", "Requests passed to the owning shard", registry=r
         )

@@ -18,6 +18,7 @@ from redis.client import NEVER_DECODE
 
 from chatscale_contract.beat import Beat
 from chatscale_contract.clock import SYSTEM, Clock
+from chatscale_contract.hops import ACTIVATOR_TTL
 from chatscale_contract.keys import Keys
 
 # Every script declares the keys it knows beforehand as KEYS. A session's current owner is learnt
@@ -274,6 +275,11 @@ class Registry:
                 pipe.hgetall(self.keys.shard(sid))
             rows = await pipe.execute()
         return [Beat.parse(raw) for raw in rows if raw]
+
+    async def activators(self) -> list[str]:
+        """Addresses of the activators registered within hops.ACTIVATOR_TTL."""
+        since = self.clock.time() - ACTIVATOR_TTL
+        return list(await self.redis.zrangebyscore(self.keys.activators, since, "+inf"))
 
     async def ring_members(self) -> list[tuple[str, str]] | None:
         """The ring as the autoscaler last applied it to nginx; None if never published."""

@@ -7,6 +7,7 @@ depends on nginx being fresh.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Collection
 
@@ -14,27 +15,13 @@ import aiohttp
 from aiohttp import web
 
 from chatscale_contract.beat import Beat, ReportedState
+from chatscale_contract.hops import FORWARDED_BY, PASS_BACK, passed_headers
 from chatscale_contract.placement import place
 from chatscale_contract.ring import Ring
 from shard.errors import json_error
 from shard.registry import Registry
 from shard.settings import ShardSettings
 
-FORWARDED_BY = "X-Chatscale-Forwarded-By"
-"""Set on forwarded requests; a shard never forwards a request twice (no loops)."""
-_HOP_BY_HOP = {
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailers",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-}
-_PASS_BACK = ("Content-Type", "Retry-After", "X-Shard-Id", "Location")
 VIEW_TTL = 1.0
 
 
@@ -101,17 +88,31 @@ class Router:
         addr = await self.addr(shard_id)
         if addr is None:
             return json_error(503, f"owner {shard_id} is not reachable", retry_after=2)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        headers[FORWARDED_BY] = self.settings.shard_id
+        headers = passed_headers(request.headers, self.settings.shard_id)
         url = f"http://{addr}{path or request.rel_url}"
         verb = method or request.method
         try:
             async with self.http.request(verb, url, headers=headers, data=body) as resp:
-                payload = await resp.read()
-                passed = {h: resp.headers[h] for h in _PASS_BACK if h in resp.headers}
-                return web.Response(status=resp.status, body=payload, headers=passed)
+                return await _passed_back(resp)
         except (aiohttp.ClientError, TimeoutError) as exc:
             return json_error(503, f"owner {shard_id} did not answer: {exc}", retry_after=2)
+
+    async def to_activator(self, request: web.Request, body: bytes) -> web.Response | None:
+        """Hand a request no shard has room for to a live activator, which holds it until one
+        has; its answer, or None when no activator is registered or none answered."""
+        addrs = await self.registry.activators()
+        random.shuffle(addrs)
+        headers = passed_headers(request.headers, self.settings.shard_id)
+        for addr in addrs:
+            url = f"http://{addr}{request.rel_url}"
+            try:
+                async with self.http.request(
+                    request.method, url, headers=headers, data=body
+                ) as resp:
+                    return await _passed_back(resp)
+            except (aiohttp.ClientError, TimeoutError):
+                continue  # a stale registration, or one going down: try the next
+        return None
 
     async def adopt(self, sid: str, target: str) -> bool:
         """Ask `target` to restore `sid` from its snapshot (used when draining)."""
@@ -129,3 +130,9 @@ class Router:
                 return resp.status in (200, 201)
         except (aiohttp.ClientError, TimeoutError):
             return False
+
+
+async def _passed_back(resp: aiohttp.ClientResponse) -> web.Response:
+    payload = await resp.read()
+    passed = {h: resp.headers[h] for h in PASS_BACK if h in resp.headers}
+    return web.Response(status=resp.status, body=payload, headers=passed)

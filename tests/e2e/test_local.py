@@ -54,6 +54,7 @@ def local_config(folder: Path, redis_port: int, site: str) -> dict[str, Any]:
             "reload": {"min_interval": 0.5, "max_delay": 2},
         },
         "status": {"bind": f"127.0.0.1:{status}"},
+        "activator": {"bind": f"127.0.0.1:{free_port()}"},
     }
 
 

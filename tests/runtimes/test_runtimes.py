@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 import time
 import urllib.request
@@ -97,6 +98,7 @@ def test_two_daemons_one_acts_and_the_other_takes_over(harness: Harness) -> None
     daemons = []
     for name in ("a", "b"):
         config["status"]["bind"] = f"127.0.0.1:{_port()}"
+        config["activator"]["bind"] = f"127.0.0.1:{_port()}"
         path = harness.write(config, f"{name}.yaml")
         proc = start([AUTOSCALER, "run", "--config", str(path)], harness.folder / f"{name}.log")
         daemons.append((proc, config["status"]["bind"]))
@@ -142,6 +144,20 @@ def test_bad_config_reload_keeps_the_old_one(harness: Harness) -> None:
         assert _status(bind)["config_error"] is None
     finally:
         _term(proc)
+
+
+def test_a_taken_port_is_a_clear_error(harness: Harness) -> None:
+    config = harness.config()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config["activator"]["bind"] = f"127.0.0.1:{taken.getsockname()[1]}"
+        path = harness.write(config)
+        log = harness.folder / "taken.log"
+        proc = start([AUTOSCALER, "run", "--config", str(path)], log)
+        assert proc.wait(30) == 2
+    assert "cannot listen (activator.bind 127.0.0.1:" in log.read_text()
+    assert "Traceback" not in log.read_text()
 
 
 def _status(bind: str) -> dict[str, Any]:

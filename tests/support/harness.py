@@ -55,6 +55,7 @@ class Harness:
             "runtime": {"kind": self.kind, "project": self.project},
             "nginx": {"enabled": False},
             "status": {"bind": f"127.0.0.1:{free_port()}"},
+            "activator": {"bind": f"127.0.0.1:{free_port()}"},
         }
         if self.kind == "docker":
             config["shard"] |= {"image": HEARTBEAT_IMAGE, "network": self.network}

@@ -73,6 +73,8 @@ class HeartbeatShard:
         self.started_at = clock.time()
         self.draining_since: float | None = None
         self.runner: web.AppRunner | None = None
+        self.routes: list[web.RouteDef] = []
+        """Extra endpoints a test adds before `start` (e.g. one recording what reaches it)."""
 
     @property
     def draining(self) -> bool:
@@ -175,6 +177,7 @@ class HeartbeatShard:
                 web.delete("/api/sessions/{id}", self.delete_session),
                 web.post("/admin/drain", self.drain),
                 web.post("/admin/undrain", self.undrain),
+                *self.routes,
             ]
         )
         self.runner = web.AppRunner(app, access_log=None)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from autoscaler.service import PASS_JOB, Nudger
@@ -75,3 +76,23 @@ async def test_work_left_waiting_gets_a_run_when_it_falls_due() -> None:
     await nudger.pass_of(daemon)  # the third pass leaves a batch due in 2 s
     (run,) = scheduler.job.moves
     assert 1.9 <= (run - before).total_seconds() <= 2.6
+
+
+class SlowDaemon:
+    async def reconcile(self) -> None:
+        await asyncio.sleep(0.2)
+
+    def follow_up(self) -> float | None:
+        return None
+
+
+async def test_passes_are_spaced_by_twice_the_last_one() -> None:
+    scheduler = Scheduler()
+    nudger = Nudger(scheduler)
+    assert nudger.spacing == Nudger.MIN_SPACING  # a quick fleet: a nudge waits 0.1 s at most
+    await nudger.pass_of(SlowDaemon())
+    assert 0.4 <= nudger.spacing < 0.6
+    ended = datetime.now(UTC)
+    nudger()  # right after a 0.2 s pass: not before 0.4 s after its start
+    (run,) = scheduler.job.moves
+    assert 0.15 <= (run - ended).total_seconds() <= 0.25

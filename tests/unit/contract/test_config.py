@@ -65,9 +65,34 @@ def test_three_mistakes_are_all_reported_with_key_and_line() -> None:
     assert any("c.yaml:7: shard.memory_limit:" in f and "'lots'" in f for f in found)
 
 
-def test_cross_field_errors_point_at_their_section() -> None:
+def test_cross_field_errors_point_at_the_key_to_change() -> None:
     found = issues_of("policy:\n  min_shards: 9\n  max_shards: 3\n")
-    assert found == ["c.yaml:1: policy: min_shards (9) exceeds max_shards (3)"]
+    assert found == ["c.yaml:2: policy.min_shards: 9 exceeds max_shards (3)"]
+    text = "policy:\n  max_shards: 3\n  schedules:\n    - name: a\n      cron: '0 8 * * *'\n"
+    found = issues_of(text + "      duration: 60\n      min_shards: 9\n", {})
+    assert found == [
+        "c.yaml:7: policy.schedules.0.min_shards: schedule 'a' asks for 9, more than max_shards (3)"
+    ]
+
+
+def test_a_hold_must_end_before_nginx_gives_up() -> None:
+    (found,) = issues_of("nginx:\n  read_timeout: 30\nactivator:\n  hold_timeout: 40\n")
+    assert found.startswith("c.yaml:4: activator.hold_timeout: 40 s must be shorter than")
+    (found,) = issues_of("activator:\n  hold_timeout: 500\n")
+    assert "activator.hold_timeout" in found and "120" in found
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "policy:\n  idle_to_zero: 600\n",
+        "policy:\n  min_shards: 0\n  buffer:\n    slots: 0\n",
+    ],
+)
+def test_a_fleet_that_could_never_wake_is_refused(policy: str) -> None:
+    (found,) = issues_of(policy + "activator:\n  enabled: false\n")
+    assert "activator.enabled: false, but the fleet can reach zero shards" in found
+    assert parse_config(policy, "c.yaml", {}).activator.enabled  # with the activator: fine
 
 
 def test_schedule_errors_name_the_list_item() -> None:
@@ -172,6 +197,16 @@ def test_parse_size_rejects(text: str | int) -> None:
 
 def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", str(ROOT / "config.yaml")]) == 0
+    assert "never goes below 1 shard(s)" in capsys.readouterr().out
+    sleepy = tmp_path / "sleepy.yaml"
+    sleepy.write_text("policy:\n  idle_to_zero: 900\n  min_shards: 2\n")
+    assert main(["check-config", str(sleepy)]) == 0
+    out = capsys.readouterr().out
+    assert "keeps 2 shard(s)" in out and "goes to zero after 900 s" in out
+    assert "the activator holds it" in out
+    sleepy.write_text("policy:\n  min_shards: 0\n  buffer: {slots: 0}\n")
+    assert main(["check-config", str(sleepy)]) == 0
+    assert "goes to zero whenever it has no session" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text("policy:\n  min_shard: 1\n  max_shards: 0\nstatus:\n  bnd: x\n")
     assert main(["check-config", str(bad)]) == 2

@@ -166,11 +166,11 @@ def test_new_shards_reuse_the_lowest_free_ids() -> None:
 
 def test_scale_up_stabilization_waits_for_the_window() -> None:
     p = policy(scale_up=ScaleUp(max_step=10, stabilization=60))
-    history = OLD.record(NOW - 30, 1, 600)
+    history = OLD.record(NOW - 30, 1, 600, busy=True)
     plan = decide(fleet(ready(1, 80)), p, history, NOW)
     assert plan.desired == 1 and plan.actions == ()
     assert any("waits" in r for r in plan.reasons)
-    history = OLD.record(NOW - 30, 2, 600)
+    history = OLD.record(NOW - 30, 2, 600, busy=True)
     assert decide(fleet(ready(1, 80)), p, history, NOW).desired == 2
 
 
@@ -210,11 +210,11 @@ def test_scale_down_bounded_by_max_step() -> None:
 
 
 def test_scale_down_only_to_highest_recommendation_in_window() -> None:
-    history = OLD.record(NOW - 200, 3, 600).record(NOW - 100, 2, 600)
+    history = OLD.record(NOW - 200, 3, 600, busy=True).record(NOW - 100, 2, 600, busy=True)
     observed = fleet(ready(1, 10), ready(2, 0), ready(3, 0))
     plan = decide(observed, policy(), history, NOW)
     assert plan.desired == 3 and plan.actions == ()
-    history = OLD.record(NOW - 400, 3, 600).record(NOW - 100, 2, 600)
+    history = OLD.record(NOW - 400, 3, 600, busy=True).record(NOW - 100, 2, 600, busy=True)
     plan = decide(observed, policy(), history, NOW)
     assert plan.desired == 2
 
@@ -285,3 +285,77 @@ def test_dead_shards_count_so_replacement_is_not_a_second_start() -> None:
     plan = decide(fleet(ready(1, 50), ("shard-2", DEAD, 50)), policy(), OLD, NOW)
     assert plan.current == 2 and plan.desired == 2
     assert kinds(plan.actions) == [("replace", "shard-2")]
+
+
+# --- scale to zero on purpose (policy.idle_to_zero), and waking ------------------------------
+
+
+def idle_since(t: float) -> History:
+    """History of a fleet last busy at `t`."""
+    return History(started_at=NOW - 10_000).record(t, 1, 600, busy=True)
+
+
+def test_an_idle_fleet_goes_to_zero_whatever_min_shards_and_buffer_say() -> None:
+    p = policy(min_shards=2, buffer=Buffer(slots=5, percent=0), idle_to_zero=600)
+    plan = decide(fleet(ready(1, 0), ready(2, 0)), p, idle_since(NOW - 601), NOW)
+    assert plan.desired == 0 and plan.recommendation == 0
+    assert kinds(plan.actions) == [("stop", "shard-2")]  # one per pass (scale_down.max_step)
+    assert any("idle_to_zero" in r for r in plan.reasons)
+
+
+def test_not_before_the_idle_time_has_passed() -> None:
+    p = policy(min_shards=2, idle_to_zero=600)
+    plan = decide(fleet(ready(1, 0), ready(2, 0)), p, idle_since(NOW - 599), NOW)
+    assert plan.desired == 2 and plan.actions == ()
+
+
+def test_idle_time_counts_from_start_when_never_busy() -> None:
+    p = policy(idle_to_zero=600)
+    assert decide(fleet(ready(1, 0)), p, History(NOW - 100), NOW).desired == 1
+    assert decide(fleet(ready(1, 0)), p, History(NOW - 700), NOW).desired == 0
+
+
+@pytest.mark.parametrize(
+    "observed",
+    [
+        fleet(ready(1, 1)),
+        fleet(("shard-1", DEAD, 2)),  # a dead shard's sessions come back: not idle
+        Observed((ShardView("shard-1", READY, 0),), 50, 10 * GB, pending=1),
+        Observed((ShardView("shard-1", READY, 0),), 50, 10 * GB, orphans=3),
+    ],
+)
+def test_never_to_zero_while_anything_is_there_to_serve(observed: Observed) -> None:
+    p = policy(idle_to_zero=60)
+    plan = decide(observed, p, History(NOW - 10_000), NOW)
+    assert plan.desired >= 1, plan.reasons
+
+
+def test_an_open_schedule_window_keeps_its_floor() -> None:
+    at = datetime(2026, 3, 2, 9, 0, tzinfo=UTC).timestamp()  # a Monday, 09:00 UTC
+    window = Schedule(name="mornings", cron="0 8 * * *", duration=7200, min_shards=2)
+    p = policy(idle_to_zero=60, schedules=(window,))
+    plan = decide(fleet(ready(1, 0), ready(2, 0)), p, History(at - 10_000), at)
+    assert plan.desired == 2
+
+
+def test_waiting_requests_wake_a_fleet_at_zero() -> None:
+    p = policy(min_shards=0, idle_to_zero=60)
+    asleep = Observed((), 50, 10 * GB, pending=1)
+    plan = decide(asleep, p, History(NOW - 10_000), NOW)
+    assert kinds(plan.actions) == [("start", "shard-1")]
+    many = decide(Observed((), 50, 10 * GB, pending=120), p, History(NOW - 10_000), NOW)
+    assert [a.kind for a in many.actions].count(ActionKind.START) == 3
+
+
+def test_released_sessions_count_as_waiting_for_room() -> None:
+    p = policy(min_shards=0)
+    plan = decide(Observed((), 50, 10 * GB, orphans=60), p, OLD, NOW)
+    assert plan.desired == 2
+    assert "incl. 60 waiting for room" in plan.reasons[0]
+
+
+def test_history_remembers_when_the_fleet_was_last_busy() -> None:
+    history = History(NOW - 100).record(NOW - 50, 1, 600, busy=True)
+    history = history.record(NOW - 10, 1, 600, busy=False)
+    assert history.idle_for(NOW) == 50
+    assert History(NOW - 100).idle_for(NOW) == 100

@@ -103,6 +103,40 @@ def test_every_map_value_is_an_upstream_or_answered_503(shards: tuple[RouteShard
         assert "server " in block(text, f"upstream {name}")
 
 
+@pytest.mark.parametrize(
+    "shards",
+    [
+        (),
+        (RouteShard("shard-1", "a:1", in_ring=False, accepting=False),),
+        (RouteShard("shard-1", "a:1", accepting=False),),
+    ],
+)
+def test_what_no_shard_takes_goes_to_the_activators(shards: tuple[RouteShard, ...]) -> None:
+    table = RouteTable(shards, activators=("10.0.0.5:8081", "10.0.0.6:8081"))
+    text = text_of(table)
+    routing = block(text, "map $session_id $shard_upstream")
+    values = set(re.findall(r" (\S+);$", routing, re.MULTILINE))
+    # In every case some request has no shard (no ring, or no accepting shard for id-less ones).
+    assert "unavailable" not in values
+    assert "chatscale_activator" in values
+    servers = block(text, "upstream chatscale_activator")
+    assert "server 10.0.0.5:8081 max_fails=1 fail_timeout=5s;" in servers
+    assert "server 10.0.0.6:8081" in servers
+    # No activator answering: nginx still says 503 with Retry-After, not 502.
+    fallback = block(text, "location @chatscale_502")
+    assert "if ($shard_upstream = chatscale_activator)" in fallback
+    assert "add_header Retry-After 5 always;" in fallback and "return 503" in fallback
+
+
+def test_activators_change_the_version_and_are_checked() -> None:
+    plain = RouteTable(SHARDS)
+    held = RouteTable(SHARDS, activators=("10.0.0.5:8081",))
+    assert plain.version != held.version
+    assert "chatscale_activator" not in text_of(plain)
+    with pytest.raises(RenderError, match="activator addr"):
+        text_of(RouteTable(SHARDS, activators=("10.0.0.5:8081; include x",)))
+
+
 def test_settings_reach_the_config() -> None:
     settings = NginxSettings(
         worker_processes=3,

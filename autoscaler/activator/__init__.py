@@ -1,0 +1,1 @@
+"""The activator: holds requests no shard can take until one can (docs/activator.md)."""
