@@ -20,3 +20,13 @@ def test_every_package_is_installed() -> None:
             parts = init.parent.relative_to(base).parts
             found.add(".".join((top, *parts)))
     assert found <= listed, f"not in pyproject.toml [tool.setuptools] packages: {found - listed}"
+
+
+def test_test_modules_have_unique_names() -> None:
+    # pytest imports test modules by basename (rootdir-relative "rootdir" import mode, no
+    # __init__.py): two files with one name make the whole run stop at collection.
+    names: dict[str, list[str]] = {}
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    clashes = {name: paths for name, paths in names.items() if len(paths) > 1}
+    assert not clashes, f"test modules sharing a basename: {clashes}"
