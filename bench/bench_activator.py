@@ -186,27 +186,32 @@ def docker_rounds(rounds: int) -> tuple[list[dict[str, float]], list[dict[str, f
         wait_for(lambda: port_open(compose.ports["status"]), 120, "the status page")
         start_site(client, ROOT)
         wait_for(lambda: _front_holds(compose.status), 120, "the front to hold requests")
-        for n in range(rounds):
-            sid = f"cold-{n}"
-
-            def container_start() -> float:
-                state = client.containers.get("chatscale-shard-1").attrs["State"]
-                return _epoch(state["StartedAt"])
-
-            system_runs.append(cold_start(compose.front, compose.redis, sid, container_start))
-            back_to_zero(compose.front, compose.status, sid)
         shard_config = Config.model_validate(config)
-        for _ in range(rounds):
-            bare_runs.append(bare(*_bare_container(client, shard_config, container_args)))
+
+        def container_start() -> float:
+            state = client.containers.get("chatscale-shard-1").attrs["State"]
+            return _epoch(state["StartedAt"])
+
+        # Round 0 warms both paths up (page cache, first image use) and is not counted; then
+        # the two alternate, so a busy minute on this shared machine hits both alike.
+        for n in range(rounds + 1):
+            system = cold_start(compose.front, compose.redis, f"cold-{n}", container_start)
+            back_to_zero(compose.front, compose.status, f"cold-{n}")
+            alone = bare(*_bare_container(client, shard_config, container_args, n))
+            _progress("docker", n, system, alone)
+            if n:
+                system_runs.append(system)
+                bare_runs.append(alone)
     client.close()
     return system_runs, bare_runs
 
 
-def _bare_container(client: Any, config: Any, container_args: Any) -> tuple[Any, Any]:
+def _bare_container(client: Any, config: Any, container_args: Any, n: int) -> tuple[Any, Any]:
     args = container_args(config, "shard-9")
     args["name"] = "chatscale-bench-bare"
     args["labels"] = {}  # not one of the fleet's: the autoscaler leaves it alone
-    args["environment"]["KEY_PREFIX"] = "bench-bare:"  # and no shard of the fleet sees it
+    # ... and no shard of the fleet sees it; a fresh prefix per round: nothing to restore.
+    args["environment"]["KEY_PREFIX"] = f"bench-bare-{n}:"
     holder: dict[str, Any] = {}
 
     def start_shard() -> str:
@@ -257,12 +262,14 @@ def local_rounds(rounds: int) -> tuple[list[dict[str, float]], list[dict[str, fl
         wait_for(lambda: port_open(site_port), 15, "the stand-in site")
         with local_system(folder / "system", redis_url, site_url, "benchcold", policy=ASLEEP) as s:
             s.wait_front_holds()
-            for n in range(rounds):
-                sid = f"cold-{n}"
-                system_runs.append(cold_start(s.front, redis_url, sid, _process_start(s)))
-                back_to_zero(s.front, s.status_url, sid)
-            for n in range(rounds):
-                bare_runs.append(bare(*_bare_process(s, folder / f"bare-{n}.log")))
+            for n in range(rounds + 1):  # round 0 is a warm-up, as for Docker
+                system = cold_start(s.front, redis_url, f"cold-{n}", _process_start(s))
+                back_to_zero(s.front, s.status_url, f"cold-{n}")
+                alone = bare(*_bare_process(s, folder / f"bare-{n}.log", n))
+                _progress("local", n, system, alone)
+                if n:
+                    system_runs.append(system)
+                    bare_runs.append(alone)
     finally:
         stop(site)
         stop(redis_proc)
@@ -287,14 +294,14 @@ def _spawned_at(pid: int) -> float:
     return time.time() - since_boot
 
 
-def _bare_process(system: LocalSystem, log: Path) -> tuple[Any, Any]:
+def _bare_process(system: LocalSystem, log: Path, n: int) -> tuple[Any, Any]:
     port = free_port()
     env = {
         "SHARD_ID": "shard-9",
         "PORT": str(port),
         "HOST": "127.0.0.1",
         "REDIS_URL": system.config["redis"]["url"],
-        "KEY_PREFIX": "bench-bare:",
+        "KEY_PREFIX": f"bench-bare-{n}:",
         "MAX_SESSIONS": "4",
         **system.config["shard"]["env"],
     }
@@ -313,6 +320,16 @@ def _bare_process(system: LocalSystem, log: Path) -> tuple[Any, Any]:
 # --- report -------------------------------------------------------------------------------------
 
 
+def _progress(name: str, n: int, system: dict[str, float], alone: dict[str, float]) -> None:
+    label = "warm-up" if n == 0 else f"round {n}"
+    print(
+        f"{name} {label}: from zero 201 in {system['answered']:.2f} s, "
+        f"bare {alone['answered']:.2f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def report(
     name: str, system_runs: list[dict[str, float]], bare_runs: list[dict[str, float]]
 ) -> None:
@@ -320,7 +337,8 @@ def report(
         return statistics.median(r[key] for r in runs)
 
     print(f"### {name}\n")
-    print(f"| phase (from the PUT; median of {len(system_runs)} cold starts) | time |")
+    runs = len(system_runs)
+    print(f"| phase (from the PUT; median of {runs} cold starts after a warm-up) | time |")
     print("|---|---|")
     for phase, words in PHASES:
         if all(phase in r for r in system_runs):
