@@ -54,3 +54,15 @@ class Metrics:
             "Requests that found no shard running at all (the fleet woke from zero)",
             registry=r,
         )
+        self.webhook_deliveries = Counter(
+            "chatscale_webhook_deliveries",
+            "Webhook attempts by outcome (delivered, retried, dead)",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_latency = Histogram(
+            "chatscale_webhook_latency_seconds",
+            "From an event's write in Redis to its receiver's 2xx",
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        )

@@ -36,6 +36,7 @@ from autoscaler.front.reload import LocalReloader
 from autoscaler.loop.daemon import Daemon
 from autoscaler.runtimes.base import RuntimeFailure
 from autoscaler.web.status import init_app
+from autoscaler.webhooks.deliver import Deliverer
 from chatscale_contract.clock import SYSTEM
 from chatscale_contract.config import Config
 from chatscale_contract.keys import Keys
@@ -143,7 +144,18 @@ async def serve(config: Config, config_path: Path | None) -> int:
                 activator = await stack.enter_async_context(
                     running(config, daemon.redis, daemon.metrics, SYSTEM)
                 )
-            await stack.enter_async_context(_status_server(daemon, activator, config.status.bind))
+            deliverer = Deliverer(
+                daemon.redis,
+                daemon.keys,
+                lambda: daemon.config.webhooks,
+                daemon.leading,
+                daemon.metrics,
+            )
+            stack.push_async_callback(
+                _cancel, asyncio.create_task(deliverer.run(), name="webhooks")
+            )
+            server = _status_server(daemon, activator, deliverer, config.status.bind)
+            await stack.enter_async_context(server)
         except OSError as exc:  # the port is taken, or the address is not this machine's
             log.error(
                 "cannot listen (activator.bind %s, status.bind %s): %s",
@@ -179,10 +191,10 @@ async def serve(config: Config, config_path: Path | None) -> int:
 
 @contextlib.asynccontextmanager
 async def _status_server(
-    daemon: Daemon, activator: Activator | None, bind: str
+    daemon: Daemon, activator: Activator | None, deliverer: Deliverer, bind: str
 ) -> AsyncIterator[None]:
     host, _, port = bind.rpartition(":")
-    runner = web.AppRunner(init_app(daemon, activator), access_log=None)
+    runner = web.AppRunner(init_app(daemon, activator, deliverer), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()

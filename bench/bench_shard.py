@@ -322,7 +322,7 @@ async def wait_health(http: aiohttp.ClientSession, shard: ShardProc, timeout: fl
 
 
 async def live_statuses(api: Api) -> dict[str, str]:
-    code, listing, _ = await api.call("GET", "/api/sessions")
+    code, listing, _ = await api.call("GET", "/admin/sessions")
     if code != 200:
         return {}
     return {s["id"]: s["status"] for s in listing["sessions"]}
@@ -427,7 +427,7 @@ async def wait_snapshots(db: redis.Redis, api: Api, sids: list[str], timeout: fl
     """Until every session has a snapshot saved under its current token (by this process)."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        code, listing, _ = await api.call("GET", "/api/sessions")
+        code, listing, _ = await api.call("GET", "/admin/sessions")
         tokens = {s["id"]: str(s["token"]) for s in listing["sessions"]} if code == 200 else {}
 
         def current(tokens: dict[str, str] = tokens) -> bool:

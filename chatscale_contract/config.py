@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from chatscale_contract.hops import MAX_HOLD
+from chatscale_contract.webhooks import Webhook
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)b?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -371,6 +372,8 @@ class Config(Frozen):
     nginx: NginxSettings = NginxSettings()
     activator: ActivatorSettings = ActivatorSettings()
     status: StatusSettings = StatusSettings()
+    webhooks: list[Webhook] = Field(default_factory=list)
+    """Receivers of every session's events (session.status), delivered by the leader."""
 
     @model_validator(mode="after")
     def _swarm_needs_a_network(self) -> Config:

@@ -40,6 +40,28 @@ class Keys:
         """HASH registry record of one session: owner, fencing token, status, metadata."""
         return f"{self.prefix}session:{session_id}"
 
+    @property
+    def sessions(self) -> str:
+        """ZSET of every session with a registry record -> its creation time: the fleet-wide
+        list (claim adds, forget removes)."""
+        return f"{self.prefix}sessions"
+
+    @property
+    def sessions_indexed(self) -> str:
+        """STRING set once the records that predate `sessions` have been added to it."""
+        return f"{self.prefix}sessions:indexed"
+
+    @property
+    def outbox(self) -> str:
+        """STREAM of events for webhooks (chatscale_contract.webhooks), written by the registry
+        scripts with the change they report; capped at OUTBOX_MAXLEN entries."""
+        return f"{self.prefix}outbox"
+
+    @property
+    def dead_letters(self) -> str:
+        """STREAM of events a receiver did not take after the last attempt: shown, replayable."""
+        return f"{self.prefix}outbox:dead"
+
     def snapshot(self, session_id: str) -> str:
         """HASH {token, saved_at, data}: compressed browser auth state of one session."""
         return f"{self.prefix}snapshot:{session_id}"

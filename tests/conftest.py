@@ -14,6 +14,7 @@ from support.clock import FakeClock
 from support.loop import CAPACITY, Loop
 from support.memruntime import MemoryRuntime
 from support.procs import free_port, port_open, require_binary, start, start_redis, stop, wait_for
+from support.receiver import receiver  # noqa: F401 (a fixture, shared by every test folder)
 
 
 @pytest.fixture(scope="session")

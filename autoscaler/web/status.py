@@ -19,11 +19,12 @@ from redis.exceptions import RedisError
 from autoscaler.activator.hold import Activator
 from autoscaler.engine.model import ShardState
 from autoscaler.loop.daemon import Daemon, Decision
+from autoscaler.web.appkeys import ACTIVATOR, DAEMON, DELIVERER
+from autoscaler.web.webhooks import replay_json, summary, webhooks_json
+from autoscaler.webhooks.deliver import Deliverer
 from chatscale_contract.ids import InvalidSessionId, check_session_id, shard_number
 
 log = logging.getLogger(__name__)
-DAEMON: web.AppKey[Daemon] = web.AppKey("daemon", Daemon)
-ACTIVATOR: web.AppKey[Activator] = web.AppKey("activator", Activator)
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent),
     autoescape=True,
@@ -32,11 +33,15 @@ _TEMPLATES = jinja2.Environment(
 _OPEN = {"/healthz"}
 
 
-def init_app(daemon: Daemon, activator: Activator | None = None) -> web.Application:
+def init_app(
+    daemon: Daemon, activator: Activator | None = None, deliverer: Deliverer | None = None
+) -> web.Application:
     app = web.Application(middlewares=[_json_errors, _token])
     app[DAEMON] = daemon
     if activator is not None:
         app[ACTIVATOR] = activator
+    if deliverer is not None:
+        app[DELIVERER] = deliverer
     app.add_routes(
         [
             web.get("/", page),
@@ -44,6 +49,8 @@ def init_app(daemon: Daemon, activator: Activator | None = None) -> web.Applicat
             web.get("/api/route", route_json),
             web.get("/metrics", metrics),
             web.get("/healthz", healthz),
+            web.get("/api/webhooks", webhooks_json),
+            web.post("/api/webhooks/replay", replay_json),
         ]
     )
     return app
@@ -238,6 +245,7 @@ def route(daemon: Daemon, session_id: str) -> dict[str, Any]:
 async def page(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     data = status(daemon, request.app.get(ACTIVATOR))
+    data["webhooks"] = await summary(daemon, request.app.get(DELIVERER), 10)
     lookup = None
     if "session" in request.query:
         try:
@@ -259,6 +267,7 @@ async def page(request: web.Request) -> web.Response:
 async def status_json(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     data = status(daemon, request.app.get(ACTIVATOR))
+    data["webhooks"] = await summary(daemon, request.app.get(DELIVERER))
     try:
         data["events"] = [e.as_dict() for e in await daemon.events.recent(50)]
     except RedisError as exc:

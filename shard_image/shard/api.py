@@ -6,11 +6,14 @@ are placed on the session's ring owner, or the next shard clockwise with room.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import web
 from playwright.async_api import Error as PlaywrightError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,13 +21,14 @@ from redis.exceptions import RedisError
 
 from chatscale_contract.hops import FORWARDED_BY
 from chatscale_contract.ids import InvalidSessionId, check_session_id
+from shard.catalog import BadQuery, Catalog, query_from
 from shard.drivers import DEFAULT_DRIVER, MAX_TEXT, DriverError, Unsupported
 from shard.errors import Handler, json_error
 from shard.registry import Full, OwnedElsewhere
 from shard.sessions import Draining, LiveSession, NotHere, SessionSpec
 from shard.state import SHARD, Shard
 
-_OPEN_PATHS = {"/health", "/metrics"}
+_OPEN_PATHS = {"/health", "/metrics", "/openapi.json"}
 _SPEC_KEYS = {"driver", "options", "workspace_id", "account_id"}
 _REF_MAX = 128
 
@@ -37,7 +41,9 @@ def routes() -> list[web.RouteDef]:
     return [
         web.get("/health", health),
         web.get("/metrics", metrics),
+        web.get("/openapi.json", openapi),
         web.get("/api/sessions", list_sessions),
+        web.get("/admin/sessions", local_sessions),
         web.post("/api/sessions", create_legacy),
         web.put("/api/sessions/{id}", put_session),
         web.get("/api/sessions/{id}", get_session),
@@ -58,7 +64,7 @@ def routes() -> list[web.RouteDef]:
 async def bad_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except (BadRequest, InvalidSessionId) as exc:
+    except (BadRequest, BadQuery, InvalidSessionId) as exc:
         return json_error(400, str(exc))
     except Unsupported as exc:
         return json_error(501, str(exc))
@@ -228,7 +234,39 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    """The API's OpenAPI document (shard/openapi.yaml), read once."""
+    text = Path(__file__).with_name("openapi.yaml").read_text()
+    document: dict[str, Any] = yaml.safe_load(text)
+    return document
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
 async def list_sessions(request: web.Request) -> web.Response:
+    """Every session of the fleet (from the registry), filtered and paged: the same answer
+    whichever shard gives it."""
+    shard = request.app[SHARD]
+    query = query_from(request.query)
+    page = await Catalog(shard.registry.redis, shard.registry.keys).page(query)
+    after = query.offset + len(page.records)
+    return web.json_response(
+        {
+            "shard": shard.settings.shard_id,
+            "sessions": [record_view(sid, record) for sid, record in page.records],
+            "total": page.total,
+            "limit": query.limit,
+            "offset": query.offset,
+            "next_offset": after if after < page.total else None,
+        }
+    )
+
+
+async def local_sessions(request: web.Request) -> web.Response:
+    """The sessions this shard has open now (browser contexts), for operators and tests."""
     shard = request.app[SHARD]
     views = [live_view(shard, s) for s in shard.manager.sessions.values()]
     return web.json_response({"shard": shard.settings.shard_id, "sessions": views})

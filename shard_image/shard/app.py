@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from chatscale_contract.keys import Keys
 from shard.api import api_key, bad_requests, routes, shard_header
 from shard.browser import BrowserHost
+from shard.catalog import Catalog
 from shard.errors import errors_as_json
 from shard.registry import Registry
 from shard.settings import ShardSettings
@@ -64,6 +65,9 @@ def _resources(
         app[SHARD] = shard
         await browser.start()
         await shard.beat_once()
+        with contextlib.suppress(RedisError):  # the next shard to start tries again
+            if added := await Catalog(client, registry.keys).backfill():
+                log.info("added %d older sessions to the fleet-wide list", added)
         # A new shard asks for a reconcile pass at once, so it joins the ring (and nginx) now
         # rather than at the next interval.
         with contextlib.suppress(RedisError):

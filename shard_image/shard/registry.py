@@ -20,19 +20,38 @@ from chatscale_contract.beat import Beat
 from chatscale_contract.clock import SYSTEM, Clock
 from chatscale_contract.hops import ACTIVATOR_TTL
 from chatscale_contract.keys import Keys
+from chatscale_contract.webhooks import OUTBOX_MAXLEN
 
 # Every script declares the keys it knows beforehand as KEYS. A session's current owner is learnt
 # only inside Redis, so its heartbeat and session-set names are built there from the fragments
 # `Keys.shard_fragments` gives (head .. owner, head .. owner .. tail): the key builder stays the
 # only place that spells a key.
 
-# KEYS: session, my session set, orphans, pending. ARGV: session, me, capacity, now, mode, head,
-# tail. mode "new": claim if unowned or the owner's lease (heartbeat key) is gone. mode "reclaim":
-# as "new", and when we already own it bump the token anyway (a restart fences whatever is left
-# of our previous incarnation).
+# Shared by the scripts that change a session's status: the change and its event are one
+# atomic write, so no status is recorded without its webhook event (chatscale_contract.webhooks).
+# `reported` is the last status announced: one event per change, and none for the STARTING the
+# claim writes until the owner writes it again with the session's references.
+_EMIT = """
+local function emit_status(outbox, maxlen, skey, sid, status)
+  if redis.call('HGET', skey, 'reported') == status then return end
+  redis.call('HSET', skey, 'reported', status)
+  local ref = redis.call('HMGET', skey, 'workspace_id', 'account_id', 'error')
+  local payload = {status = status}
+  if status == 'FAILED' and ref[3] and ref[3] ~= '' then payload.error = ref[3] end
+  local metadata = {workspace_id = ref[1] or '', account_id = ref[2] or ''}
+  redis.call('XADD', outbox, 'MAXLEN', '~', maxlen, '*', 'event', 'session.status',
+             'session', sid, 'payload', cjson.encode(payload),
+             'metadata', cjson.encode(metadata))
+end
+"""
+
+# KEYS: session, my session set, orphans, pending, index. ARGV: session, me, capacity, now, mode,
+# head, tail. mode "new": claim if unowned or the owner's lease (heartbeat key) is gone. mode
+# "reclaim": as "new", and when we already own it bump the token anyway (a restart fences
+# whatever is left of our previous incarnation). Every claimed session is in the index.
 # Returns {1, token} on success, {0, owner} when a live shard owns it, {-1, "full"} at capacity.
 _CLAIM = """
-local skey, mine, orphans, pending = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local skey, mine, orphans, pending, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local sid, me, cap, now, mode = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local head, tail = ARGV[6], ARGV[7]
 local owner = redis.call('HGET', skey, 'owner') or ''
@@ -57,17 +76,25 @@ redis.call('HSET', skey, 'owner', me, 'updated_at', now)
 if redis.call('HEXISTS', skey, 'created_at') == 0 then
   redis.call('HSET', skey, 'created_at', now, 'status', 'STARTING', 'desired', 'running')
 end
+redis.call('ZADD', index, 'NX', redis.call('HGET', skey, 'created_at'), sid)
 return {1, token}
 """
 
-# KEYS: session. ARGV: me, token, now, then field/value pairs. Writes only if we still own the
-# session under this token. Returns 1 if written, 0 if fenced off.
-_FENCED_HSET = """
+# KEYS: session, outbox. ARGV: me, token, now, session, outbox maxlen, then field/value pairs.
+# Writes only if we still own the session under this token; a new status emits its event.
+# Returns 1 if written, 0 if fenced off.
+_FENCED_HSET = (
+    _EMIT
+    + """
 local rec = redis.call('HMGET', KEYS[1], 'owner', 'token')
 if rec[1] ~= ARGV[1] or rec[2] ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[3], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[3], unpack(ARGV, 6))
+for i = 6, #ARGV - 1, 2 do
+  if ARGV[i] == 'status' then emit_status(KEYS[2], ARGV[5], KEYS[1], ARGV[4], ARGV[i + 1]) end
+end
 return 1
 """
+)
 
 # KEYS: session, snapshot. ARGV: me, token, now, encoding, data. Fenced by the token.
 _SAVE_SNAPSHOT = """
@@ -91,7 +118,7 @@ if desired == 'running' then redis.call('SADD', KEYS[3], sid) end
 return 1
 """
 
-# KEYS: session, snapshot, my session set, orphans. ARGV: session, me, token.
+# KEYS: session, snapshot, my session set, orphans, index. ARGV: session, me, token.
 # Forget a session entirely (DELETE, after logout).
 _FORGET = """
 local sid, me, token = ARGV[1], ARGV[2], ARGV[3]
@@ -100,13 +127,17 @@ if rec[1] ~= me or rec[2] ~= token then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('SREM', KEYS[3], sid)
 redis.call('SREM', KEYS[4], sid)
+redis.call('ZREM', KEYS[5], sid)
 return 1
 """
 
-# KEYS: session, orphans. ARGV: session, me, now, head, tail. Stop a session no live shard runs:
+# KEYS: session, orphans, outbox. ARGV: session, me, now, head, tail, outbox maxlen.
+# Stop a session no live shard runs:
 # out of its (dead or our own) owner's set, so it holds no slot and keeps no shard from being
 # emptied. Returns 0 if a live shard other than us owns it.
-_MARK_STOPPED = """
+_MARK_STOPPED = (
+    _EMIT
+    + """
 local sid, me, now, head, tail = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local owner = redis.call('HGET', KEYS[1], 'owner') or ''
 if owner ~= '' and owner ~= me and redis.call('EXISTS', head .. owner) == 1 then
@@ -116,8 +147,10 @@ if owner ~= '' then redis.call('SREM', head .. owner .. tail, sid) end
 redis.call('HSET', KEYS[1], 'owner', '', 'status', 'STOPPED', 'desired', 'stopped',
            'updated_at', now)
 redis.call('SREM', KEYS[2], sid)
+emit_status(KEYS[3], ARGV[6], KEYS[1], sid, 'STOPPED')
 return 1
 """
+)
 
 SNAPSHOT_ENCODING = "zlib+base64"
 """How snapshot data is stored: base64 text, so both sides read Redis with one decode mode."""
@@ -169,7 +202,13 @@ class Registry:
     ) -> int:
         """Own `session_id`; returns the new fencing token. Raises Full or OwnedElsewhere."""
         k = self.keys
-        keys = [k.session(session_id), k.shard_sessions(self.shard_id), k.orphans, k.pending]
+        keys = [
+            k.session(session_id),
+            k.shard_sessions(self.shard_id),
+            k.orphans,
+            k.pending,
+            k.sessions,
+        ]
         cap = self.capacity if capacity is None else capacity
         mode = "reclaim" if reclaim else "new"
         args = [session_id, self.shard_id, cap, self._now(), mode, *k.shard_fragments]
@@ -183,8 +222,9 @@ class Registry:
     async def update(self, session_id: str, token: int, fields: Mapping[str, str]) -> bool:
         """Fenced HSET; False means the session is no longer ours under this token."""
         pairs = [item for kv in fields.items() for item in kv]
-        args = [self.shard_id, token, self._now(), *pairs]
-        return bool(await self._hset(keys=[self.keys.session(session_id)], args=args))
+        args = [self.shard_id, token, self._now(), session_id, OUTBOX_MAXLEN, *pairs]
+        keys = [self.keys.session(session_id), self.keys.outbox]
+        return bool(await self._hset(keys=keys, args=args))
 
     async def save_snapshot(self, session_id: str, token: int, data: bytes) -> bool:
         keys = [self.keys.session(session_id), self.keys.snapshot(session_id)]
@@ -206,13 +246,14 @@ class Registry:
             k.snapshot(session_id),
             k.shard_sessions(self.shard_id),
             k.orphans,
+            k.sessions,
         ]
         return bool(await self._forget(keys=keys, args=[session_id, self.shard_id, token]))
 
     async def mark_stopped(self, session_id: str) -> None:
         """Stop a session no live shard runs. Raises OwnedElsewhere if one does after all."""
-        keys = [self.keys.session(session_id), self.keys.orphans]
-        args = [session_id, self.shard_id, self._now(), *self.keys.shard_fragments]
+        keys = [self.keys.session(session_id), self.keys.orphans, self.keys.outbox]
+        args = [session_id, self.shard_id, self._now(), *self.keys.shard_fragments, OUTBOX_MAXLEN]
         if not await self._mark_stopped(keys=keys, args=args):
             owner = (await self.record(session_id)).get("owner", "")
             raise OwnedElsewhere(owner)

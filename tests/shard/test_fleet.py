@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import time
@@ -15,11 +14,10 @@ import pytest
 import redis.asyncio as aioredis
 from shard.registry import OwnedElsewhere, Registry
 from support.procs import start_redis, stop, wait_for
-from support.shards import Api, ShardFleet, ShardProc, scan, site_state
+from support.shards import Api, ShardFleet, ShardProc, ids_owned_by, publish_ring, scan, site_state
 
 from chatscale_contract import proctree
 from chatscale_contract.keys import Keys
-from chatscale_contract.ring import Ring
 
 pytestmark = [pytest.mark.browser]
 KEYS = Keys("cs:")
@@ -33,26 +31,6 @@ async def working(api: Api, http: aiohttp.ClientSession, site: str, sid: str) ->
     _, qr, _ = await api.call("GET", f"/api/sessions/{sid}/qr?format=raw")
     await scan(http, site, qr["qr"], "4915100000009")
     await api.wait_status(sid, "WORKING")
-
-
-async def publish_ring(redis_url: str, shards: list[ShardProc]) -> Ring:
-    members = [(s.shard_id, f"127.0.0.1:{s.port}") for s in shards]
-    client = aioredis.Redis.from_url(redis_url)
-    ring_json = {"version": "test", "shards": [{"id": i, "addr": a} for i, a in members]}
-    await client.set(KEYS.ring, json.dumps(ring_json))
-    await client.aclose()
-    return Ring(members)
-
-
-def ids_owned_by(ring: Ring, shard_id: str, count: int, prefix: str) -> list[str]:
-    found: list[str] = []
-    n = 0
-    while len(found) < count:
-        sid = f"{prefix}{n}"
-        if ring.owner(sid) == shard_id:
-            found.append(sid)
-        n += 1
-    return found
 
 
 async def test_capacity_refuses_the_next_session_and_leaks_nothing(
@@ -90,7 +68,7 @@ async def test_racing_creates_end_with_one_owner(
         owners = {body["shard"] for code, body, _ in results if code in (200, 201)}
         assert len(owners) == 1, results
         listed = [
-            s["id"] for a in apis for s in (await a.call("GET", "/api/sessions"))[1]["sessions"]
+            s["id"] for a in apis for s in (await a.call("GET", "/admin/sessions"))[1]["sessions"]
         ]
         assert listed.count(sid) == 1, "one browser context per session across the fleet"
 
@@ -151,7 +129,7 @@ async def test_stale_owner_closes_its_copy(
     await client.aclose()
 
     async def gone() -> bool:
-        _, listing, _ = await api.call("GET", "/api/sessions")
+        _, listing, _ = await api.call("GET", "/admin/sessions")
         return not listing["sessions"]
 
     deadline = time.monotonic() + 10
@@ -246,12 +224,12 @@ async def test_shard_cut_off_from_redis_closes_its_sessions_before_the_lease_lap
         await api.wait_status("cut", "SCAN_QR_CODE")
         redis_proc.send_signal(signal.SIGSTOP)
         stopped = time.monotonic()
-        while (await api.call("GET", "/api/sessions"))[1]["sessions"]:
+        while (await api.call("GET", "/admin/sessions"))[1]["sessions"]:
             assert time.monotonic() - stopped < 4.0, "still serving when the lease could lapse"
             await asyncio.sleep(0.1)
         redis_proc.send_signal(signal.SIGCONT)
         resumed = time.monotonic()
-        while not (await api.call("GET", "/api/sessions"))[1]["sessions"]:
+        while not (await api.call("GET", "/admin/sessions"))[1]["sessions"]:
             assert time.monotonic() - resumed < 30, "the session was not reopened"
             await asyncio.sleep(0.2)
         view = await api.wait_status("cut", "SCAN_QR_CODE", timeout=30)

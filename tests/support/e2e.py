@@ -25,6 +25,7 @@ def record_timings(artifacts: Path, mode: str, report: Report) -> None:
         "machine": f"{platform.node()} {platform.machine()}",
         "timings_s": {k: round(v, 1) for k, v in report.timings.items()},
         "max_sessions_seen_on_one_shard": report.max_seen,
+        "capacity_watch_reconnects": report.watch_errors,
         "peak_ready_shards": report.peak_shards,
         "responses_checked_against_registry": report.checked,
         "misrouted": len(report.misrouted),

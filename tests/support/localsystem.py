@@ -68,7 +68,10 @@ class LocalSystem:
             "status": {"bind": f"127.0.0.1:{self.status_port}"},
         }
         for section, values in sections.items():
-            self.config.setdefault(section, {}).update(values)
+            if isinstance(values, dict):
+                self.config.setdefault(section, {}).update(values)
+            else:  # a list, such as webhooks
+                self.config[section] = values
         (folder / "nginx").mkdir(parents=True, exist_ok=True)
         self.path = folder / "config.yaml"
         self.path.write_text(yaml.safe_dump(self.config))

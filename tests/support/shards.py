@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -14,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis.asyncio as aioredis
 
 from chatscale_contract import proctree
+from chatscale_contract.keys import Keys
+from chatscale_contract.ring import Ring
 from support.procs import free_port, kill_group, port_open, start, wait_for
 
 API_KEY = "test-key"
@@ -142,3 +146,25 @@ async def scan(http: aiohttp.ClientSession, site: str, ref: str, phone: str) -> 
 async def site_state(http: aiohttp.ClientSession, site: str) -> dict[str, Any]:
     async with http.get(f"{site}/api/state") as resp:
         return dict(await resp.json())
+
+
+async def publish_ring(redis_url: str, shards: list[ShardProc]) -> Ring:
+    """Publish a ring of `shards` as the autoscaler would (key prefix cs:); returns it."""
+    members = [(s.shard_id, f"127.0.0.1:{s.port}") for s in shards]
+    client = aioredis.Redis.from_url(redis_url)
+    ring_json = {"version": "test", "shards": [{"id": i, "addr": a} for i, a in members]}
+    await client.set(Keys("cs:").ring, json.dumps(ring_json))
+    await client.aclose()
+    return Ring(members)
+
+
+def ids_owned_by(ring: Ring, shard_id: str, count: int, prefix: str) -> list[str]:
+    """`count` session ids (`prefix` + a number) that `ring` gives to `shard_id`."""
+    found: list[str] = []
+    n = 0
+    while len(found) < count:
+        sid = f"{prefix}{n}"
+        if ring.owner(sid) == shard_id:
+            found.append(sid)
+        n += 1
+    return found

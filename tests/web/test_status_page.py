@@ -135,3 +135,40 @@ async def test_nodes_are_listed_with_their_free_memory(loop: Loop) -> None:
         ("beta", False, 64 * gib),
     ]
     assert 'id="nodes"' in page and "alpha" in page and "down" in page
+
+
+async def test_dead_letters_are_listed_and_replayed(fleet_daemon: Daemon, status_url: str) -> None:
+    keys, client = fleet_daemon.keys, fleet_daemon.redis
+    letter = {
+        "event": "session.status",
+        "session": "alice",
+        "payload": '{"status":"WORKING"}',
+        "metadata": "{}",
+        "origin": "1764650000123-0",
+        "url": "http://app.example:8000/hook",
+        "error": "HTTP 503",
+        "attempts": "10",
+    }
+    letter_id = await client.xadd(keys.dead_letters, letter)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{status_url}/api/webhooks") as resp:
+            data = await resp.json()
+        assert resp.status == 200 and data["dead"]["total"] == 1, data
+        assert data["dead"]["letters"] == [{"id": letter_id, **letter}]
+        async with http.get(f"{status_url}/") as resp:
+            assert letter_id in await resp.text(), "the page lists it"
+        for body, status, words in (
+            (b"{", 400, "body is not valid JSON"),
+            (b'{"id": 5}', 400, 'body must be {"id"'),
+            (b'{"id": "1-1"}', 404, "no dead letter '1-1'"),
+        ):
+            async with http.post(f"{status_url}/api/webhooks/replay", data=body) as resp:
+                error = await resp.json()
+            assert resp.status == status and words in error["error"], error
+        async with http.get(f"{status_url}/api/webhooks?count=0") as resp:
+            assert resp.status == 400 and "count must be" in (await resp.json())["error"]
+        async with http.post(f"{status_url}/api/webhooks/replay", json={"id": letter_id}) as resp:
+            assert resp.status == 200 and await resp.json() == {"replayed": 1}
+    assert await client.xlen(keys.dead_letters) == 0
+    ((_, again),) = await client.xrange(keys.outbox)
+    assert again["only_url"] == letter["url"] and again["origin"] == letter["origin"]

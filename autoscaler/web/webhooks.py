@@ -1,0 +1,78 @@
+"""Webhook delivery on the status address: counts, receivers and dead letters, and a replay."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from typing import Any
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from autoscaler.loop.daemon import Daemon
+from autoscaler.web.appkeys import DAEMON, DELIVERER
+from autoscaler.webhooks.deliver import Deliverer
+from autoscaler.webhooks.letters import dead_letters, replay
+
+
+async def summary(daemon: Daemon, deliverer: Deliverer | None, count: int = 20) -> dict[str, Any]:
+    """Receivers (URLs only: keys and headers stay private), this instance's counts, and the
+    newest dead letters."""
+    data: dict[str, Any] = {
+        "receivers": [{"url": w.url, "events": w.events} for w in daemon.config.webhooks],
+        "here": _stats(deliverer) if deliverer is not None else None,
+    }
+    try:
+        data["dead"] = await dead_letters(daemon.redis, daemon.keys, count)
+    except RedisError as exc:
+        data["dead"] = {"total": None, "letters": [], "error": str(exc)}
+    return data
+
+
+def _stats(deliverer: Deliverer) -> dict[str, Any]:
+    s = deliverer.stats
+    ordered = sorted(s.latencies)
+    p50 = statistics.median(ordered) if ordered else None
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else None
+    return {
+        "delivered": s.delivered,
+        "retried": s.retried,
+        "dead": s.dead,
+        "last_error": s.last_error or None,
+        "last_error_at": s.last_error_at or None,
+        "latency_p50": p50,
+        "latency_p99": p99,
+    }
+
+
+async def webhooks_json(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    raw = request.query.get("count", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        return _error(400, f"count must be a whole number from 1 to 1000, not {raw!r}")
+    return web.json_response(await summary(daemon, request.app.get(DELIVERER), int(raw)))
+
+
+async def replay_json(request: web.Request) -> web.Response:
+    """POST {"id": "<dead letter id>"} replays one; {"all": true} replays every one."""
+    daemon = request.app[DAEMON]
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except json.JSONDecodeError as exc:
+        return _error(400, f"body is not valid JSON: {exc}")
+    if not isinstance(body, dict) or set(body) - {"id", "all"}:
+        return _error(400, 'body must be {"id": "<dead letter id>"} or {"all": true}')
+    if body.get("all") is True:
+        letter = None
+    elif isinstance(body.get("id"), str) and body["id"]:
+        letter = body["id"]
+    else:
+        return _error(400, 'body must be {"id": "<dead letter id>"} or {"all": true}')
+    replayed = await replay(daemon.redis, daemon.keys, letter)
+    if letter is not None and not replayed:
+        return _error(404, f"no dead letter {letter!r}")
+    return web.json_response({"replayed": replayed})
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message, "status": status}, status=status)

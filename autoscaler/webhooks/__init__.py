@@ -1,0 +1,1 @@
+"""Webhooks: the outbox's events delivered to receivers (docs/webhooks.md)."""

@@ -1,0 +1,176 @@
+"""Webhooks: what an event is, where it goes, and what the receiver gets. Pure; the shard writes
+events (registry.py), the autoscaler delivers them (autoscaler/webhooks/).
+
+An event is an entry of the outbox stream (`Keys.outbox`), written by the same Redis script as
+the change it reports, so a change is never recorded without its event. The body a receiver gets
+follows WAHA's webhook format (`id`, `timestamp`, `event`, `session`, `metadata`, `me`,
+`payload`, `engine`), and so do its headers (`X-Webhook-Request-Id`, `X-Webhook-Timestamp`, and
+with a key `X-Webhook-Hmac` = HMAC-SHA512 of the raw body, `X-Webhook-Hmac-Algorithm`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+SESSION_STATUS = "session.status"
+EVENTS = frozenset({SESSION_STATUS})
+"""Events chatscale emits today."""
+ENGINE = "chatscale"
+OUTBOX_MAXLEN = 100_000
+"""The outbox keeps about this many newest events (trimmed on write): a deliverer that falls
+further behind than that, or a fleet without one, loses the oldest."""
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def _check_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")) or len(value) < 10:
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return value
+
+
+def _check_events(value: list[str]) -> list[str]:
+    unknown = [e for e in value if e not in EVENTS and e != "*"]
+    if unknown:
+        known = ", ".join(sorted(EVENTS))
+        raise ValueError(f"unknown event(s) {', '.join(unknown)}; known: {known}, or *")
+    return value
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Retries(_Frozen):
+    policy: Literal["constant", "linear", "exponential"] = "exponential"
+    """How the wait grows between attempts: d, d*n, or d*2^(n-1) (capped at max_delay_seconds)."""
+    delay_seconds: float = Field(default=2.0, ge=0, le=3600)
+    attempts: int = Field(default=10, ge=1, le=100)
+    """Attempts in all, the first included; after the last the event goes to the dead letters."""
+    max_delay_seconds: float = Field(default=300.0, gt=0, le=86400)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        if self.policy == "constant":
+            wait = self.delay_seconds
+        elif self.policy == "linear":
+            wait = self.delay_seconds * attempt
+        else:
+            wait = self.delay_seconds * 2 ** min(attempt - 1, 30)
+        return min(wait, self.max_delay_seconds)
+
+
+class Header(_Frozen):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+    value: str
+
+
+class Hmac(_Frozen):
+    key: str = Field(min_length=1)
+
+
+class Webhook(_Frozen):
+    url: Annotated[str, AfterValidator(_check_url)]
+    events: Annotated[list[str], AfterValidator(_check_events)] = Field(
+        default_factory=lambda: [SESSION_STATUS], min_length=1
+    )
+    """Events sent to this receiver; `*` for all."""
+    hmac: Hmac | None = None
+    retries: Retries = Retries()
+    custom_headers: list[Header] = Field(default_factory=list)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    """One attempt fails when the receiver has not answered within this."""
+
+    def wants(self, event: str) -> bool:
+        return "*" in self.events or event in self.events
+
+
+@dataclass(frozen=True)
+class Event:
+    """One outbox entry: `stream_id` is Redis's id for it (time-ordered, unique)."""
+
+    stream_id: str
+    event: str
+    session: str
+    payload: dict[str, Any]
+    metadata: dict[str, Any]
+    only_url: str = ""
+    """Set on a replayed dead letter: deliver to this receiver only."""
+    origin: str = ""
+    """Set on a replayed dead letter: the stream id the event first had (its id and time)."""
+
+    @classmethod
+    def parse(cls, stream_id: str, fields: Mapping[str, str]) -> Event:
+        """Raises ValueError on an entry that is not an event (reported, then dropped)."""
+        try:
+            return cls(
+                stream_id,
+                fields["event"],
+                fields["session"],
+                json.loads(fields.get("payload", "{}")),
+                json.loads(fields.get("metadata", "{}")),
+                fields.get("only_url", ""),
+                fields.get("origin", ""),
+            )
+        except (KeyError, json.JSONDecodeError) as exc:
+            raise ValueError(f"outbox entry {stream_id} is not an event: {exc}") from None
+
+    @property
+    def first_id(self) -> str:
+        return self.origin or self.stream_id
+
+    @property
+    def timestamp_ms(self) -> int:
+        """When the change happened (Redis's clock, as the stream id has it)."""
+        return int(self.first_id.split("-")[0])
+
+    @property
+    def id(self) -> str:
+        """`evt_` + a ULID made from the stream id: the same event has the same id on every
+        attempt and every replay, so a receiver can drop repeats (delivery is at least once)."""
+        return "evt_" + ulid(self.timestamp_ms, hashlib.sha256(self.first_id.encode()).digest())
+
+    def body(self) -> bytes:
+        document = {
+            "id": self.id,
+            "timestamp": self.timestamp_ms,
+            "event": self.event,
+            "session": self.session,
+            "metadata": self.metadata,
+            "me": None,
+            "payload": self.payload,
+            "engine": ENGINE,
+        }
+        return json.dumps(document, separators=(",", ":")).encode()
+
+
+def ulid(ms: int, entropy: bytes) -> str:
+    """A ULID (26 Crockford base-32 characters): 48 bits of milliseconds, 80 bits of entropy."""
+    value = (ms & (2**48 - 1)) << 80 | int.from_bytes(entropy[:10], "big")
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def headers(webhook: Webhook, event: Event, body: bytes) -> dict[str, str]:
+    """What the receiver gets besides the body."""
+    out = {h.name: h.value for h in webhook.custom_headers}
+    out.update(
+        {
+            "Content-Type": "application/json",
+            "X-Webhook-Request-Id": event.id,
+            "X-Webhook-Timestamp": str(event.timestamp_ms),
+        }
+    )
+    if webhook.hmac is not None:
+        out["X-Webhook-Hmac"] = sign(webhook.hmac.key, body)
+        out["X-Webhook-Hmac-Algorithm"] = "sha512"
+    return out
+
+
+def sign(key: str, body: bytes) -> str:
+    return hmac.new(key.encode(), body, hashlib.sha512).hexdigest()

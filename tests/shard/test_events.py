@@ -1,0 +1,163 @@
+"""Session events end to end: a real shard (Redis, Chromium, the stand-in site) writes each status
+change and its event in one script; the autoscaler's deliverer (run here in-process) posts them
+to a receiver in this test. At least once, in order per session, signed; nothing lost when the
+receiver is down for 30 s or the shard is SIGKILLed; dead letters replayed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from support.receiver import KEY, Receiver
+from support.shards import Api, ShardFleet, scan
+
+from autoscaler.metrics import Metrics
+from autoscaler.webhooks.deliver import Deliverer
+from autoscaler.webhooks.letters import dead_letters, replay
+from chatscale_contract.keys import Keys
+from chatscale_contract.webhooks import Webhook
+
+pytestmark = [pytest.mark.browser]
+KEYS = Keys("cs:")
+
+
+@contextlib.asynccontextmanager
+async def delivering(redis_url: str, hooks: list[Webhook]) -> AsyncIterator[Deliverer]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    deliverer = Deliverer(client, KEYS, lambda: hooks, lambda: True, Metrics())
+    task = asyncio.create_task(deliverer.run())
+    try:
+        yield deliverer
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.aclose()
+
+
+def hook(url: str, **retries: Any) -> Webhook:
+    return Webhook.model_validate({"url": url, "hmac": {"key": KEY}, "retries": retries})
+
+
+async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def logged_in(api: Api, http: aiohttp.ClientSession, site: str, sid: str) -> None:
+    code, body, _ = await api.call("PUT", f"/api/sessions/{sid}", {"workspace_id": "w1"})
+    assert code == 201, body
+    await api.wait_status(sid, "SCAN_QR_CODE")
+    _, qr, _ = await api.call("GET", f"/api/sessions/{sid}/qr?format=raw")
+    await scan(http, site, qr["qr"], "4915100000042")
+    await api.wait_status(sid, "WORKING")
+
+
+async def test_status_events_reach_the_receiver_signed_and_in_order(
+    fleet: ShardFleet,
+    http: aiohttp.ClientSession,
+    redis_url: str,
+    site_url: str,
+    receiver: Receiver,
+) -> None:
+    api = Api(http, fleet.start("shard-1").url)
+    async with delivering(redis_url, [hook(receiver.url)]) as deliverer:
+        await logged_in(api, http, site_url, "alice")
+        code, body, _ = await api.call("POST", "/api/sessions/alice/stop")
+        assert code == 200, body
+        want = ["STARTING", "SCAN_QR_CODE", "WORKING", "STOPPED"]
+        await until(lambda: receiver.statuses("alice") == want, 20, f"{want}")
+        assert deliverer.stats.delivered == 4 and deliverer.stats.latencies
+    first = receiver.got[0]
+    assert first["event"] == "session.status" and first["engine"] == "chatscale"
+    assert first["metadata"] == {"workspace_id": "w1", "account_id": ""}
+    assert first["id"].startswith("evt_") and len({e["id"] for e in receiver.got}) == 4
+    stamps = [e["timestamp"] for e in receiver.got]
+    assert stamps == sorted(stamps) and abs(stamps[-1] / 1000 - time.time()) < 60
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    assert await client.xlen(KEYS.outbox) == 0, "delivered events leave the outbox"
+    await client.aclose()
+
+
+async def test_a_receiver_down_for_30_s_loses_nothing(
+    fleet: ShardFleet,
+    http: aiohttp.ClientSession,
+    redis_url: str,
+    site_url: str,
+    receiver: Receiver,
+) -> None:
+    api = Api(http, fleet.start("shard-1").url)
+    receiver.up = False
+    went_down = time.monotonic()
+    hooks = [hook(receiver.url, policy="constant", delay_seconds=1, attempts=100)]
+    async with delivering(redis_url, hooks):
+        for sid in ("s1", "s2", "s3"):
+            await logged_in(api, http, site_url, sid)
+        # The deliverer itself goes away mid-outage; the next one finds the backlog.
+    await asyncio.sleep(max(0.0, 30 - (time.monotonic() - went_down)))
+    assert receiver.refused > 0 and not receiver.got
+    async with delivering(redis_url, hooks):
+        receiver.up = True
+        want = ["STARTING", "SCAN_QR_CODE", "WORKING"]
+        await until(
+            lambda: all(receiver.statuses(s)[-3:] == want for s in ("s1", "s2", "s3")), 30, "all"
+        )
+    for sid in ("s1", "s2", "s3"):
+        seen = receiver.statuses(sid)
+        # At least once: a repeat is possible, a loss or a reordering is not.
+        assert [s for n, s in enumerate(seen) if n == 0 or seen[n - 1] != s] == want, seen
+
+
+async def test_an_event_outlives_the_shard_that_wrote_it(
+    fleet: ShardFleet,
+    http: aiohttp.ClientSession,
+    redis_url: str,
+    site_url: str,
+    receiver: Receiver,
+) -> None:
+    shard = fleet.start("shard-1")
+    api = Api(http, shard.url)
+    await logged_in(api, http, site_url, "kept")  # no deliverer runs yet
+    shard.proc.send_signal(signal.SIGKILL)  # right after the WORKING it reported
+    shard.proc.wait(10)
+    async with delivering(redis_url, [hook(receiver.url)]):
+        want = ["STARTING", "SCAN_QR_CODE", "WORKING"]
+        await until(lambda: receiver.statuses("kept") == want, 20, f"{want}")
+
+
+async def test_dead_letters_are_kept_and_replayed(
+    fleet: ShardFleet,
+    http: aiohttp.ClientSession,
+    redis_url: str,
+    receiver: Receiver,
+) -> None:
+    api = Api(http, fleet.start("shard-1").url)
+    receiver.up = False
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    hooks = [hook(receiver.url, policy="constant", delay_seconds=0.1, attempts=2)]
+    async with delivering(redis_url, hooks) as deliverer:
+        code, body, _ = await api.call("PUT", "/api/sessions/lost", {})
+        assert code == 201, body
+        await api.wait_status("lost", "SCAN_QR_CODE")
+        await until(lambda: deliverer.stats.dead == 2, 20, "two dead letters")
+        dead = await dead_letters(client, KEYS)
+        assert dead["total"] == 2 and receiver.refused == 4
+        letter = dead["letters"][-1]  # the oldest: STARTING
+        assert (letter["session"], letter["url"], letter["attempts"]) == ("lost", receiver.url, "2")
+        assert "HTTP 503" in letter["error"]
+        receiver.up = True
+        assert await replay(client, KEYS, letter["id"]) == 1
+        await until(lambda: receiver.statuses("lost") == ["STARTING"], 20, "the replayed one")
+        assert await replay(client, KEYS, None) == 1
+        await until(lambda: receiver.statuses("lost") == ["STARTING", "SCAN_QR_CODE"], 20, "all")
+    assert (await dead_letters(client, KEYS))["total"] == 0
+    await client.aclose()

@@ -1,0 +1,135 @@
+"""Real answers of a real shard (Redis, Chromium, the stand-in site), each request and answer
+checked against the OpenAPI document it serves, with openapi-core: every route, its errors too."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+from openapi_core import OpenAPI
+from openapi_core.testing import MockRequest, MockResponse
+from support.shards import API_KEY, ShardFleet, scan
+
+pytestmark = [pytest.mark.browser]
+
+
+class Checked:
+    """Sends requests to a shard and checks each exchange against its OpenAPI document."""
+
+    def __init__(self, http: aiohttp.ClientSession, base: str, spec: OpenAPI):
+        self.http, self.base, self.spec = http, base, spec
+        self.seen: set[tuple[str, str, int]] = set()
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        key: str | None = API_KEY,
+        valid: bool = True,
+    ) -> tuple[int, Any]:
+        """One exchange; `valid=False` marks a request the document itself forbids (sent to see
+        the error), which is then not checked against it."""
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        if key is not None:
+            headers["X-Api-Key"] = key
+        sent = io.BytesIO(data) if data is not None else None  # aiohttp warns on big bytes
+        async with self.http.request(method, self.base + path, data=sent, headers=headers) as r:
+            raw, status, answer_headers = await r.read(), r.status, dict(r.headers)
+        parts = urlsplit(path)
+        args = dict(pair.split("=", 1) for pair in parts.query.split("&") if pair)
+        request = MockRequest(
+            self.base, method.lower(), parts.path, args=args, headers=headers, data=data
+        )
+        if valid:
+            self.spec.validate_request(request)  # a check of the test itself
+        content_type = answer_headers.get("Content-Type", "").split(";")[0]
+        response = MockResponse(raw, status, answer_headers, content_type)
+        self.spec.validate_response(request, response)  # raises, naming what does not match
+        self.seen.add((method, parts.path, status))
+        return status, json.loads(raw) if content_type == "application/json" else raw
+
+    async def until(self, sid: str, status: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while (await self.call("GET", f"/api/sessions/{sid}"))[1]["status"] != status:
+            assert time.monotonic() < deadline, f"{sid} never reached {status}"
+            await asyncio.sleep(0.2)  # each answer on the way is checked too
+
+
+@pytest.fixture
+def spec_doc() -> Iterator[dict[str, Any]]:
+    from shard.api import openapi_document
+
+    yield openapi_document()
+
+
+async def test_real_answers_match_the_document(
+    fleet: ShardFleet, http: aiohttp.ClientSession, site_url: str, spec_doc: dict[str, Any]
+) -> None:
+    base = fleet.start("shard-1", MAX_SESSIONS="2").url
+    api = Checked(http, base, OpenAPI.from_dict(spec_doc))
+    assert await api.call("GET", "/openapi.json", key=None) == (200, spec_doc), "as written"
+
+    assert (await api.call("PUT", "/api/sessions/alice", {"workspace_id": 7}))[0] == 201
+    assert (await api.call("PUT", "/api/sessions/alice"))[0] == 200
+    older = {"session_id": "bob", "api_key": API_KEY}
+    assert (await api.call("POST", "/api/sessions", older, key=None))[0] == 201
+    await api.until("alice", "SCAN_QR_CODE")
+    code, qr = await api.call("GET", "/api/sessions/alice/qr?format=raw")
+    assert code == 200
+    assert (await api.call("GET", "/api/sessions/alice/qr"))[0] == 200
+    assert (await api.call("GET", "/api/sessions/alice/screenshot"))[0] == 200
+    await scan(http, site_url, qr["qr"], "4915100000001")
+    await api.until("alice", "WORKING")
+    assert (await api.call("GET", "/api/sessions/alice/qr"))[0] == 409
+    message = {"to": "4915199999999", "text": "hi"}
+    assert (await api.call("POST", "/api/sessions/alice/messages", message))[0] == 201
+    assert (await api.call("PUT", "/api/sessions/carol"))[0] == 503, "full: two sessions"
+    code, listing = await api.call("GET", "/api/sessions?status=WORKING&limit=10")
+    assert (code, [s["id"] for s in listing["sessions"]]) == (200, ["alice"])
+    assert (await api.call("GET", "/admin/sessions"))[0] == 200
+    assert (await api.call("GET", "/health", key=None))[0] == 200
+    assert (await api.call("GET", "/metrics", key=None))[0] == 200
+    assert (await api.call("POST", "/api/sessions/bob/stop"))[0] == 200
+    assert (await api.call("DELETE", "/api/sessions/bob"))[0] == 200
+
+    # Errors: each with its JSON body.
+    assert (await api.call("GET", "/api/sessions/Alice"))[0] == 400
+    assert (await api.call("GET", "/api/sessions?limit=0", valid=False))[0] == 400
+    assert (await api.call("PUT", "/api/sessions/dave", {"color": "red"}, valid=False))[0] == 400
+    no_text = {"to": "1"}
+    assert (await api.call("POST", "/api/sessions/alice/messages", no_text, valid=False))[0] == 400
+    assert (await api.call("GET", "/api/sessions/nobody"))[0] == 404
+    assert (await api.call("GET", "/api/sessions/bob/screenshot"))[0] == 404
+    assert (await api.call("GET", "/api/sessions", key="wrong"))[0] == 401
+    big = {"text": "x" * (1 << 20), "to": "1"}
+    assert (await api.call("POST", "/api/sessions/alice/messages", big))[0] == 413
+    assert (await api.call("POST", "/admin/drain"))[0] == 202
+    assert (await api.call("POST", "/admin/undrain"))[0] == 200
+
+    documented = {
+        (method.upper(), path)
+        for path, item in spec_doc["paths"].items()
+        for method in item
+        if method != "parameters"
+    }
+    exercised = {(m, _template(p, spec_doc)) for m, p, _ in api.seen}
+    assert documented == exercised, "every operation is tried"
+
+
+def _template(path: str, spec_doc: dict[str, Any]) -> str:
+    """The document's path template a concrete path falls under."""
+    templates: list[str] = list(spec_doc["paths"])
+    for template in templates:
+        if re.fullmatch(re.escape(template).replace(r"\{id\}", "[^/]+"), path):
+            return template
+    return path

@@ -1,0 +1,58 @@
+"""A webhook receiver owned by a test: an aiohttp server that checks each request's signature
+and keeps what it was sent; `up = False` makes it answer 503 (a receiver that is down)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from support.procs import free_port
+
+KEY = "hook-secret"
+"""The HMAC key tests give their webhooks."""
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver: answers 200 while `up`, else 503; keeps what it was sent."""
+
+    url: str
+    up: bool = True
+    got: list[dict[str, Any]] = field(default_factory=list)
+    refused: int = 0
+
+    def statuses(self, sid: str) -> list[str]:
+        return [e["payload"]["status"] for e in self.got if e["session"] == sid]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    port = free_port()
+    state = Receiver(f"http://127.0.0.1:{port}/hook")
+
+    async def hook(request: web.Request) -> web.Response:
+        raw = await request.read()
+        if not state.up:
+            state.refused += 1
+            return web.json_response({"down": True}, status=503)
+        expected = hmac.new(KEY.encode(), raw, hashlib.sha512).hexdigest()
+        assert request.headers["X-Webhook-Hmac"] == expected, "signature"
+        event = json.loads(raw)
+        assert request.headers["X-Webhook-Request-Id"] == event["id"]
+        state.got.append(event)
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield state
+    await runner.cleanup()
