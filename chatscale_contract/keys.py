@@ -58,6 +58,11 @@ class Keys:
         return f"{self.prefix}outbox"
 
     @property
+    def outbox_salt(self) -> str:
+        """STRING, random, set once: mixed into event ids so two fleets never share one."""
+        return f"{self.prefix}outbox:salt"
+
+    @property
     def dead_letters(self) -> str:
         """STREAM of events a receiver did not take after the last attempt: shown, replayable."""
         return f"{self.prefix}outbox:dead"

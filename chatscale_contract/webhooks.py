@@ -66,9 +66,15 @@ class Retries(_Frozen):
         return min(wait, self.max_delay_seconds)
 
 
+def _check_header_value(value: str) -> str:
+    if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
+        raise ValueError("a header value cannot hold control characters (a newline?)")
+    return value
+
+
 class Header(_Frozen):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
-    value: str
+    value: Annotated[str, AfterValidator(_check_header_value)]
 
 
 class Hmac(_Frozen):
@@ -104,9 +110,11 @@ class Event:
     """Set on a replayed dead letter: deliver to this receiver only."""
     origin: str = ""
     """Set on a replayed dead letter: the stream id the event first had (its id and time)."""
+    salt: str = ""
+    """The fleet's own random value (Keys.outbox_salt): two fleets' events never share an id."""
 
     @classmethod
-    def parse(cls, stream_id: str, fields: Mapping[str, str]) -> Event:
+    def parse(cls, stream_id: str, fields: Mapping[str, str], salt: str = "") -> Event:
         """Raises ValueError on an entry that is not an event (reported, then dropped)."""
         try:
             return cls(
@@ -117,6 +125,7 @@ class Event:
                 json.loads(fields.get("metadata", "{}")),
                 fields.get("only_url", ""),
                 fields.get("origin", ""),
+                salt,
             )
         except (KeyError, json.JSONDecodeError) as exc:
             raise ValueError(f"outbox entry {stream_id} is not an event: {exc}") from None
@@ -132,9 +141,11 @@ class Event:
 
     @property
     def id(self) -> str:
-        """`evt_` + a ULID made from the stream id: the same event has the same id on every
-        attempt and every replay, so a receiver can drop repeats (delivery is at least once)."""
-        return "evt_" + ulid(self.timestamp_ms, hashlib.sha256(self.first_id.encode()).digest())
+        """`evt_` + a ULID made from the stream id and the fleet's salt: the same event has the
+        same id on every attempt and every replay, so a receiver can drop repeats (delivery is
+        at least once), and another fleet's event never has it."""
+        entropy = hashlib.sha256(f"{self.salt}/{self.first_id}".encode()).digest()
+        return "evt_" + ulid(self.timestamp_ms, entropy)
 
     def body(self) -> bytes:
         document = {

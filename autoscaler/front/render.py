@@ -26,6 +26,7 @@ from chatscale_contract.ring import shard_order
 TEMPLATE = "nginx.conf.j2"
 RING_UPSTREAM = "chatscale_ring"
 ANY_UPSTREAM = "chatscale_any"
+READ_UPSTREAM = "chatscale_read"
 ACTIVATOR_UPSTREAM = "chatscale_activator"
 UNAVAILABLE = "unavailable"
 """Map value for requests no upstream can take when no activator is live; the template answers
@@ -88,6 +89,9 @@ def context(table: RouteTable, settings: NginxSettings) -> dict[str, Any]:
         "pool": pool,
         "ring_upstream": RING_UPSTREAM if ring else nowhere,
         "any_upstream": ANY_UPSTREAM if pool else nowhere,
+        # Reads without a session id (the fleet-wide list) go to any shard in the ring, full
+        # ones included: a read needs no room, and must not wake or grow the fleet.
+        "read_upstream": READ_UPSTREAM if ring else nowhere,
         "unavailable": UNAVAILABLE,
         "activators": table.activators,
         "activator_upstream": ACTIVATOR_UPSTREAM,

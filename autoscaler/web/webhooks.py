@@ -48,7 +48,7 @@ def _stats(deliverer: Deliverer) -> dict[str, Any]:
 async def webhooks_json(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     raw = request.query.get("count", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:
         return _error(400, f"count must be a whole number from 1 to 1000, not {raw!r}")
     return web.json_response(await summary(daemon, request.app.get(DELIVERER), int(raw)))
 
@@ -60,7 +60,7 @@ async def replay_json(request: web.Request) -> web.Response:
         body = json.loads(await request.read() or b"{}")
     except json.JSONDecodeError as exc:
         return _error(400, f"body is not valid JSON: {exc}")
-    if not isinstance(body, dict) or set(body) - {"id", "all"}:
+    if not isinstance(body, dict) or len(body) != 1 or set(body) - {"id", "all"}:
         return _error(400, 'body must be {"id": "<dead letter id>"} or {"all": true}')
     if body.get("all") is True:
         letter = None
@@ -68,10 +68,18 @@ async def replay_json(request: web.Request) -> web.Response:
         letter = body["id"]
     else:
         return _error(400, 'body must be {"id": "<dead letter id>"} or {"all": true}')
-    replayed = await replay(daemon.redis, daemon.keys, letter)
+    urls = {w.url for w in daemon.config.webhooks}
+    try:
+        replayed, kept = await replay(daemon.redis, daemon.keys, letter, urls)
+    except ValueError as exc:
+        return _error(400, str(exc))
+    if letter is not None and kept:
+        return _error(
+            409, f"dead letter {letter!r} is for {kept[0]}, which is no longer configured"
+        )
     if letter is not None and not replayed:
         return _error(404, f"no dead letter {letter!r}")
-    return web.json_response({"replayed": replayed})
+    return web.json_response({"replayed": replayed, "kept_unconfigured": len(kept)})
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -73,7 +73,9 @@ def _number(params: Mapping[str, str], name: str, default: int, low: int, high: 
     if raw is None:
         return default
     bounds = f"from {low} to {high}" if high is not None else f"{low} or more"
-    if not raw.isdigit() or not low <= int(raw) <= (high if high is not None else int(raw)):
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= (
+        high if high is not None else int(raw)
+    ):
         raise BadQuery(f"{name} must be a whole number {bounds}, not {raw!r}")
     return int(raw)
 
@@ -125,8 +127,12 @@ class Catalog:
         head = self.keys.session("")
         async for key in self.redis.scan_iter(match=f"{head}*", count=1000):
             created = await self.redis.hget(key, "created_at")
-            if created is not None:
+            try:
+                score = float(created) if created is not None else None
+            except ValueError:
+                score = 0.0  # a garbled time: listed first rather than not at all
+            if score is not None:
                 sid = key.removeprefix(head)
-                added += await self.redis.zadd(self.keys.sessions, {sid: float(created)}, nx=True)
+                added += await self.redis.zadd(self.keys.sessions, {sid: score}, nx=True)
         await self.redis.set(self.keys.sessions_indexed, "1")
         return added

@@ -77,7 +77,7 @@ async def test_shard_sees_routing_headers(front: Front, upstreams: Upstreams) ->
     assert second["method"] == "POST"
 
 
-async def test_requests_without_id_go_to_accepting_shards(
+async def test_requests_without_id_reads_to_the_ring_writes_to_accepting_shards(
     front: Front, upstreams: Upstreams
 ) -> None:
     shards = (
@@ -87,8 +87,15 @@ async def test_requests_without_id_go_to_accepting_shards(
     )
     await front.serve(RouteTable(shards))
     async with aiohttp.ClientSession() as http:
-        seen = {await shard_for(http, f"{front.url}/api/sessions") for _ in range(40)}
-    assert seen == {"shard-1", "shard-3"}
+        # A read (the fleet-wide list) needs no room: a full shard in the ring answers it too.
+        read = {await shard_for(http, f"{front.url}/api/sessions") for _ in range(40)}
+        written = set()
+        for _ in range(40):  # a create in the older form (its id in the body): room needed
+            async with http.post(f"{front.url}/api/sessions", data=b"{}") as resp:
+                assert resp.status == 200
+                written.add(resp.headers["X-Shard-Id"])
+    assert read == {"shard-1", "shard-2"}
+    assert written == {"shard-1", "shard-3"}
 
 
 async def test_large_body_passes_through(front: Front, upstreams: Upstreams) -> None:

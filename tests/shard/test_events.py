@@ -15,10 +15,9 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from support.receiver import KEY, Receiver
+from support.receiver import KEY, Receiver, delivering
 from support.shards import Api, ShardFleet, scan
 
-from autoscaler.metrics import Metrics
 from autoscaler.webhooks.deliver import Deliverer
 from autoscaler.webhooks.letters import dead_letters, replay
 from chatscale_contract.keys import Keys
@@ -29,16 +28,12 @@ KEYS = Keys("cs:")
 
 
 @contextlib.asynccontextmanager
-async def delivering(redis_url: str, hooks: list[Webhook]) -> AsyncIterator[Deliverer]:
+async def delivering_to(redis_url: str, hooks: list[Webhook]) -> AsyncIterator[Deliverer]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    deliverer = Deliverer(client, KEYS, lambda: hooks, lambda: True, Metrics())
-    task = asyncio.create_task(deliverer.run())
     try:
-        yield deliverer
+        async with delivering(client, hooks) as deliverer:
+            yield deliverer
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         await client.aclose()
 
 
@@ -70,22 +65,26 @@ async def test_status_events_reach_the_receiver_signed_and_in_order(
     receiver: Receiver,
 ) -> None:
     api = Api(http, fleet.start("shard-1").url)
-    async with delivering(redis_url, [hook(receiver.url)]) as deliverer:
+    async with delivering_to(redis_url, [hook(receiver.url)]) as deliverer:
         await logged_in(api, http, site_url, "alice")
         code, body, _ = await api.call("POST", "/api/sessions/alice/stop")
         assert code == 200, body
         want = ["STARTING", "SCAN_QR_CODE", "WORKING", "STOPPED"]
         await until(lambda: receiver.statuses("alice") == want, 20, f"{want}")
-        assert deliverer.stats.delivered == 4 and deliverer.stats.latencies
+        # The receiver has the last one; the deliverer counts it once it read the answer.
+        await until(lambda: deliverer.stats.delivered == 4, 10, "the fourth answer counted")
+        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        deadline = time.monotonic() + 10
+        while await client.xlen(KEYS.outbox):
+            assert time.monotonic() < deadline, "delivered events leave the outbox"
+            await asyncio.sleep(0.1)
+        await client.aclose()
     first = receiver.got[0]
     assert first["event"] == "session.status" and first["engine"] == "chatscale"
     assert first["metadata"] == {"workspace_id": "w1", "account_id": ""}
     assert first["id"].startswith("evt_") and len({e["id"] for e in receiver.got}) == 4
     stamps = [e["timestamp"] for e in receiver.got]
     assert stamps == sorted(stamps) and abs(stamps[-1] / 1000 - time.time()) < 60
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    assert await client.xlen(KEYS.outbox) == 0, "delivered events leave the outbox"
-    await client.aclose()
 
 
 async def test_a_receiver_down_for_30_s_loses_nothing(
@@ -99,13 +98,13 @@ async def test_a_receiver_down_for_30_s_loses_nothing(
     receiver.up = False
     went_down = time.monotonic()
     hooks = [hook(receiver.url, policy="constant", delay_seconds=1, attempts=100)]
-    async with delivering(redis_url, hooks):
+    async with delivering_to(redis_url, hooks):
         for sid in ("s1", "s2", "s3"):
             await logged_in(api, http, site_url, sid)
         # The deliverer itself goes away mid-outage; the next one finds the backlog.
     await asyncio.sleep(max(0.0, 30 - (time.monotonic() - went_down)))
     assert receiver.refused > 0 and not receiver.got
-    async with delivering(redis_url, hooks):
+    async with delivering_to(redis_url, hooks):
         receiver.up = True
         want = ["STARTING", "SCAN_QR_CODE", "WORKING"]
         await until(
@@ -129,7 +128,7 @@ async def test_an_event_outlives_the_shard_that_wrote_it(
     await logged_in(api, http, site_url, "kept")  # no deliverer runs yet
     shard.proc.send_signal(signal.SIGKILL)  # right after the WORKING it reported
     shard.proc.wait(10)
-    async with delivering(redis_url, [hook(receiver.url)]):
+    async with delivering_to(redis_url, [hook(receiver.url)]):
         want = ["STARTING", "SCAN_QR_CODE", "WORKING"]
         await until(lambda: receiver.statuses("kept") == want, 20, f"{want}")
 
@@ -144,7 +143,7 @@ async def test_dead_letters_are_kept_and_replayed(
     receiver.up = False
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     hooks = [hook(receiver.url, policy="constant", delay_seconds=0.1, attempts=2)]
-    async with delivering(redis_url, hooks) as deliverer:
+    async with delivering_to(redis_url, hooks) as deliverer:
         code, body, _ = await api.call("PUT", "/api/sessions/lost", {})
         assert code == 201, body
         await api.wait_status("lost", "SCAN_QR_CODE")
@@ -155,9 +154,9 @@ async def test_dead_letters_are_kept_and_replayed(
         assert (letter["session"], letter["url"], letter["attempts"]) == ("lost", receiver.url, "2")
         assert "HTTP 503" in letter["error"]
         receiver.up = True
-        assert await replay(client, KEYS, letter["id"]) == 1
+        assert await replay(client, KEYS, letter["id"], {receiver.url}) == (1, [])
         await until(lambda: receiver.statuses("lost") == ["STARTING"], 20, "the replayed one")
-        assert await replay(client, KEYS, None) == 1
+        assert await replay(client, KEYS, None, {receiver.url}) == (1, [])
         await until(lambda: receiver.statuses("lost") == ["STARTING", "SCAN_QR_CODE"], 20, "all")
     assert (await dead_letters(client, KEYS))["total"] == 0
     await client.aclose()

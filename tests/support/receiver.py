@@ -3,16 +3,23 @@ and keeps what it was sent; `up = False` makes it answer 503 (a receiver that is
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 
+from autoscaler.metrics import Metrics
+from autoscaler.webhooks.deliver import Deliverer
+from chatscale_contract.keys import Keys
+from chatscale_contract.webhooks import Webhook
 from support.procs import free_port
 
 KEY = "hook-secret"
@@ -56,3 +63,16 @@ async def receiver() -> AsyncIterator[Receiver]:
     await web.TCPSite(runner, "127.0.0.1", port).start()
     yield state
     await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def delivering(client: aioredis.Redis, hooks: Sequence[Webhook]) -> AsyncIterator[Deliverer]:
+    """The autoscaler's deliverer for `hooks`, running (as the leader) until the block ends."""
+    deliverer = Deliverer(client, Keys("cs:"), lambda: hooks, lambda: True, Metrics())
+    task = asyncio.create_task(deliverer.run())
+    try:
+        yield deliverer
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

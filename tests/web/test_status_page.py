@@ -17,6 +17,7 @@ from support.procs import free_port
 from autoscaler.engine.cluster import Cluster, Node
 from autoscaler.loop.daemon import Daemon
 from autoscaler.web.status import init_app
+from chatscale_contract.webhooks import Webhook
 
 pytestmark = [pytest.mark.browser]
 
@@ -161,14 +162,23 @@ async def test_dead_letters_are_listed_and_replayed(fleet_daemon: Daemon, status
             (b"{", 400, "body is not valid JSON"),
             (b'{"id": 5}', 400, 'body must be {"id"'),
             (b'{"id": "1-1"}', 404, "no dead letter '1-1'"),
+            (b'{"id": "x-y"}', 400, "'x-y' is not a dead letter id"),
+            (b'{"all": true, "id": "1-1"}', 400, 'body must be {"id"'),
         ):
             async with http.post(f"{status_url}/api/webhooks/replay", data=body) as resp:
                 error = await resp.json()
             assert resp.status == status and words in error["error"], error
         async with http.get(f"{status_url}/api/webhooks?count=0") as resp:
             assert resp.status == 400 and "count must be" in (await resp.json())["error"]
-        async with http.post(f"{status_url}/api/webhooks/replay", json={"id": letter_id}) as resp:
-            assert resp.status == 200 and await resp.json() == {"replayed": 1}
+        replay = f"{status_url}/api/webhooks/replay"
+        async with http.post(replay, json={"id": letter_id}) as resp:
+            refused = await resp.json()
+        assert resp.status == 409 and "no longer configured" in refused["error"], refused
+        hook = Webhook.model_validate({"url": letter["url"]})
+        fleet_daemon.reconfigure(fleet_daemon.config.model_copy(update={"webhooks": [hook]}))
+        async with http.post(replay, json={"id": letter_id}) as resp:
+            assert resp.status == 200
+            assert await resp.json() == {"replayed": 1, "kept_unconfigured": 0}
     assert await client.xlen(keys.dead_letters) == 0
     ((_, again),) = await client.xrange(keys.outbox)
     assert again["only_url"] == letter["url"] and again["origin"] == letter["origin"]

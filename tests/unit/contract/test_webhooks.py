@@ -45,6 +45,8 @@ def test_event_ids_are_ulids_of_the_stream_id_and_stable() -> None:
     assert other.id != EVENT.id and other.id[4:14] == EVENT.id[4:14], "same ms, other entropy"
     replayed = Event("1764650099999-0", "session.status", "alice", {}, {}, origin=EVENT.stream_id)
     assert replayed.id == EVENT.id and replayed.timestamp_ms == 1764650000123
+    elsewhere = Event.parse(EVENT.stream_id, _fields(EVENT), salt="another fleet")
+    assert elsewhere.id != EVENT.id and elsewhere.id[4:14] == EVENT.id[4:14]
 
 
 def test_ulid_orders_by_time() -> None:

@@ -73,13 +73,27 @@ def test_map_entries_sorted_quoted_and_escaped() -> None:
     entries = re.findall(r'^ +"(.*)" (\S+);$', routing, re.MULTILINE)
     # "default" and "include" would be read as map directives without the backslash.
     assert entries == [
-        ("", "chatscale_any"),
+        ("", "$chatscale_no_id"),  # by method: reads to any shard in the ring, the rest below
         ("alice", "shard_1"),
         ("\\default", "shard_10"),
         ("\\include", "shard_1"),
         ("zed", "shard_2"),
     ]
     assert "default chatscale_ring;" in routing
+    no_id = block(text_of(RouteTable(SHARDS, EXCEPTIONS)), "map $request_method $chatscale_no_id")
+    assert re.findall(r"^ +(\S+) (\S+);$", no_id, re.MULTILINE) == [
+        ("GET", "chatscale_read"),
+        ("HEAD", "chatscale_read"),
+        ("default", "chatscale_any"),
+    ]
+
+
+def routing_values(text: str) -> set[str]:
+    """Every upstream name (or "unavailable") the two routing maps can pick."""
+    values: set[str] = set()
+    for head in ("map $session_id $shard_upstream", "map $request_method $chatscale_no_id"):
+        values |= set(re.findall(r" (\S+);$", block(text, head), re.MULTILINE))
+    return values - {"$chatscale_no_id"}
 
 
 @pytest.mark.parametrize(
@@ -94,9 +108,7 @@ def test_every_map_value_is_an_upstream_or_answered_503(shards: tuple[RouteShard
     exceptions = {"alice": shards[0].id} if shards else {}
     text = text_of(RouteTable(shards, exceptions))
     defined = set(re.findall(r"^    upstream (\S+) \{", text, re.MULTILINE))
-    routing = block(text, "map $session_id $shard_upstream")
-    values = set(re.findall(r" (\S+);$", routing, re.MULTILINE))
-    assert values <= defined | {"unavailable"}
+    assert routing_values(text) <= defined | {"unavailable"}
     assert "if ($shard_upstream = unavailable) {" in text
     # An upstream block without a server is a config error; none is ever rendered.
     for name in defined:
@@ -114,8 +126,7 @@ def test_every_map_value_is_an_upstream_or_answered_503(shards: tuple[RouteShard
 def test_what_no_shard_takes_goes_to_the_activators(shards: tuple[RouteShard, ...]) -> None:
     table = RouteTable(shards, activators=("10.0.0.5:8081", "10.0.0.6:8081"))
     text = text_of(table)
-    routing = block(text, "map $session_id $shard_upstream")
-    values = set(re.findall(r" (\S+);$", routing, re.MULTILINE))
+    values = routing_values(text)
     # In every case some request has no shard (no ring, or no accepting shard for id-less ones).
     assert "unavailable" not in values
     assert "chatscale_activator" in values
