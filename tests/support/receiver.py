@@ -8,7 +8,7 @@ import contextlib
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,13 @@ class Receiver:
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
+    async with serving() as state:
+        yield state
+
+
+@contextlib.asynccontextmanager
+async def serving() -> AsyncIterator[Receiver]:
+    """A receiver on a free loopback port, for the block's duration."""
     port = free_port()
     state = Receiver(f"http://127.0.0.1:{port}/hook")
 
@@ -61,14 +68,19 @@ async def receiver() -> AsyncIterator[Receiver]:
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield state
-    await runner.cleanup()
+    try:
+        yield state
+    finally:
+        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager
-async def delivering(client: aioredis.Redis, hooks: Sequence[Webhook]) -> AsyncIterator[Deliverer]:
-    """The autoscaler's deliverer for `hooks`, running (as the leader) until the block ends."""
-    deliverer = Deliverer(client, Keys("cs:"), lambda: hooks, lambda: True, Metrics())
+async def delivering(
+    client: aioredis.Redis, hooks: Sequence[Webhook], leading: Callable[[], bool] = lambda: True
+) -> AsyncIterator[Deliverer]:
+    """The autoscaler's deliverer for `hooks`, running until the block ends (as the leader,
+    unless `leading` says otherwise)."""
+    deliverer = Deliverer(client, Keys("cs:"), lambda: hooks, leading, Metrics())
     task = asyncio.create_task(deliverer.run())
     try:
         yield deliverer
