@@ -90,8 +90,9 @@ class Deliverer:
         self._workers: list[asyncio.Task[None]] = []
         self._http: aiohttp.ClientSession | None = None
         self._deposed = False
-        self._salt = ""
         """A lane saw leadership lost: the reader stops every lane before reading again."""
+        self._salt = ""
+        self._group_ready = False
 
     async def run(self) -> None:
         """Until cancelled: read, hand to lanes, deliver. Redis errors wait and retry."""
@@ -119,7 +120,7 @@ class Deliverer:
                 cursor = await self._read(cursor)
             except (RedisError, OSError) as exc:
                 log.warning("webhooks: outbox unreadable: %s", exc)
-                cursor = "0"
+                cursor, self._group_ready = "0", False  # e.g. NOGROUP after a flush
                 await asyncio.sleep(REDIS_RETRY)
 
     async def _stop_lanes(self) -> None:
@@ -129,11 +130,13 @@ class Deliverer:
         self._workers, self._lanes, self._remaining = [], {}, {}
 
     async def _ensure_group(self) -> None:
-        if not self._salt:
-            await self.redis.set(self.keys.outbox_salt, secrets.token_hex(8), nx=True)
-            self._salt = str(await self.redis.get(self.keys.outbox_salt))
+        if self._group_ready:
+            return
+        await self.redis.set(self.keys.outbox_salt, secrets.token_hex(8), nx=True)
+        self._salt = str(await self.redis.get(self.keys.outbox_salt))
         with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
             await self.redis.xgroup_create(self.keys.outbox, GROUP, id="0", mkstream=True)
+        self._group_ready = True
 
     async def _read(self, cursor: str | None) -> str | None:
         start = cursor if cursor is not None else ">"
