@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from redis.exceptions import RedisError
@@ -19,14 +20,27 @@ async def summary(daemon: Daemon, deliverer: Deliverer | None, count: int = 20) 
     """Receivers (URLs only: keys and headers stay private), this instance's counts, and the
     newest dead letters."""
     data: dict[str, Any] = {
-        "receivers": [{"url": w.url, "events": w.events} for w in daemon.config.webhooks],
+        "receivers": [{"url": public(w.url), "events": w.events} for w in daemon.config.webhooks],
         "here": _stats(deliverer) if deliverer is not None else None,
     }
     try:
-        data["dead"] = await dead_letters(daemon.redis, daemon.keys, count)
+        dead = await dead_letters(daemon.redis, daemon.keys, count)
+        for letter in dead["letters"]:
+            letter["url"] = public(letter.get("url", ""))
+        data["dead"] = dead
     except RedisError as exc:
         data["dead"] = {"total": None, "letters": [], "error": str(exc)}
     return data
+
+
+def public(url: str) -> str:
+    """A receiver's URL as shown: without a user, password or query (they may carry secrets)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    port = f":{parts.port}" if parts.port else ""
+    hidden = "?..." if parts.query else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}{hidden}"
 
 
 def _stats(deliverer: Deliverer) -> dict[str, Any]:

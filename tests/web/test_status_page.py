@@ -17,6 +17,7 @@ from support.procs import free_port
 from autoscaler.engine.cluster import Cluster, Node
 from autoscaler.loop.daemon import Daemon
 from autoscaler.web.status import init_app
+from autoscaler.web.webhooks import public
 from chatscale_contract.webhooks import Webhook
 
 pytestmark = [pytest.mark.browser]
@@ -182,3 +183,11 @@ async def test_dead_letters_are_listed_and_replayed(fleet_daemon: Daemon, status
     assert await client.xlen(keys.dead_letters) == 0
     ((_, again),) = await client.xrange(keys.outbox)
     assert again["only_url"] == letter["url"] and again["origin"] == letter["origin"]
+
+
+def test_receiver_urls_are_shown_without_secrets() -> None:
+    assert public("https://user:pw@hooks.example:8443/in?token=s3cret") == (
+        "https://hooks.example:8443/in?..."
+    )
+    assert public("http://[::1]:9000/hook") == "http://[::1]:9000/hook"
+    assert public("http://app:8000/chatscale/webhook") == "http://app:8000/chatscale/webhook"
