@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 SESSION_STATUS = "session.status"
 EVENTS = frozenset({SESSION_STATUS})
@@ -50,10 +50,17 @@ class _Frozen(BaseModel):
 class Retries(_Frozen):
     policy: Literal["constant", "linear", "exponential"] = "exponential"
     """How the wait grows between attempts: d, d*n, or d*2^(n-1) (capped at max_delay_seconds)."""
-    delay_seconds: float = Field(default=2.0, ge=0, le=3600)
+    delay_seconds: float = Field(
+        default=2.0, ge=0, le=3600, validation_alias=AliasChoices("delay_seconds", "delaySeconds")
+    )
     attempts: int = Field(default=10, ge=1, le=100)
     """Attempts in all, the first included; after the last the event goes to the dead letters."""
-    max_delay_seconds: float = Field(default=300.0, gt=0, le=86400)
+    max_delay_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=86400,
+        validation_alias=AliasChoices("max_delay_seconds", "maxDelaySeconds"),
+    )
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
@@ -82,6 +89,9 @@ class Hmac(_Frozen):
 
 
 class Webhook(_Frozen):
+    """A receiver. Keys as in config.yaml, or in WAHA's camelCase (`delaySeconds`,
+    `customHeaders`), as WAHA clients send them in a session's `config.webhooks`."""
+
     url: Annotated[str, AfterValidator(_check_url)]
     events: Annotated[list[str], AfterValidator(_check_events)] = Field(
         default_factory=lambda: [SESSION_STATUS], min_length=1
@@ -89,8 +99,15 @@ class Webhook(_Frozen):
     """Events sent to this receiver; `*` for all."""
     hmac: Hmac | None = None
     retries: Retries = Retries()
-    custom_headers: list[Header] = Field(default_factory=list)
-    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    custom_headers: list[Header] = Field(
+        default_factory=list, validation_alias=AliasChoices("custom_headers", "customHeaders")
+    )
+    timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        validation_alias=AliasChoices("timeout_seconds", "timeoutSeconds"),
+    )
     """One attempt fails when the receiver has not answered within this."""
 
     def wants(self, event: str) -> bool:
@@ -112,6 +129,8 @@ class Event:
     """Set on a replayed dead letter: the stream id the event first had (its id and time)."""
     salt: str = ""
     """The fleet's own random value (Keys.outbox_salt): two fleets' events never share an id."""
+    hooks: tuple[Webhook, ...] = ()
+    """The session's own receivers, as they were when the event was written."""
 
     @classmethod
     def parse(cls, stream_id: str, fields: Mapping[str, str], salt: str = "") -> Event:
@@ -126,6 +145,7 @@ class Event:
                 fields.get("only_url", ""),
                 fields.get("origin", ""),
                 salt,
+                tuple(stored_hooks(fields.get("hooks", ""))),
             )
         except (KeyError, json.JSONDecodeError) as exc:
             raise ValueError(f"outbox entry {stream_id} is not an event: {exc}") from None
@@ -185,3 +205,40 @@ def headers(webhook: Webhook, event: Event, body: bytes) -> dict[str, str]:
 
 def sign(key: str, body: bytes) -> str:
     return hmac.new(key.encode(), body, hashlib.sha512).hexdigest()
+
+
+MAX_SESSION_HOOKS = 5
+
+
+def session_hooks(raw: object) -> list[Webhook]:
+    """A session's own receivers as a client gave them (a list of receivers, WAHA's form
+    accepted); ValueError names the first wrong field, e.g. `webhooks[0].url: ...`."""
+    if not isinstance(raw, list):
+        raise ValueError("webhooks must be a list of receivers")
+    if len(raw) > MAX_SESSION_HOOKS:
+        raise ValueError(f"webhooks: at most {MAX_SESSION_HOOKS} receivers per session")
+    hooks = []
+    for n, item in enumerate(raw):
+        try:
+            hooks.append(Webhook.model_validate(item))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+            raise ValueError(f"webhooks[{n}]{where}: {first['msg']}") from None
+    return hooks
+
+
+def hooks_text(hooks: list[Webhook]) -> str:
+    """How a session's receivers are stored (in its record, and in each of its events)."""
+    return json.dumps([h.model_dump() for h in hooks], separators=(",", ":")) if hooks else ""
+
+
+def stored_hooks(text: str) -> list[Webhook]:
+    """The receivers `hooks_text` stored; none for empty or unreadable text (never raises: a
+    damaged copy must not cost the event its other receivers)."""
+    if not text:
+        return []
+    try:
+        return [Webhook.model_validate(item) for item in json.loads(text)]
+    except (ValueError, TypeError):
+        return []

@@ -27,6 +27,8 @@ async def summary(daemon: Daemon, deliverer: Deliverer | None, count: int = 20) 
         dead = await dead_letters(daemon.redis, daemon.keys, count)
         for letter in dead["letters"]:
             letter["url"] = public(letter.get("url", ""))
+            # A session's own receiver travels with its letter; its key is not shown.
+            letter["session_receiver"] = bool(letter.pop("hooks", ""))
         data["dead"] = dead
     except RedisError as exc:
         data["dead"] = {"total": None, "letters": [], "error": str(exc)}

@@ -29,7 +29,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from autoscaler.metrics import Metrics
 from chatscale_contract.keys import Keys
-from chatscale_contract.webhooks import Event, Webhook, headers
+from chatscale_contract.webhooks import Event, Webhook, headers, hooks_text
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +165,8 @@ class Deliverer:
             log.warning("webhooks: dropped: %s", exc)
             await self._ack(stream_id)
             return
-        targets = [
-            w for w in self.webhooks() if w.wants(event.event) and event.only_url in ("", w.url)
-        ]
+        receivers = [*self.webhooks(), *event.hooks]  # the fleet's, then the session's own
+        targets = [w for w in receivers if w.wants(event.event) and event.only_url in ("", w.url)]
         if not targets:  # nobody wants it (or a replay for a receiver no longer configured)
             await self._ack(stream_id)
             return
@@ -233,6 +232,8 @@ class Deliverer:
             "metadata": _json(event.metadata),
             "origin": event.first_id,
             "url": webhook.url,
+            # A session's own receiver is kept with its letter: a replay needs its settings.
+            "hooks": hooks_text([webhook]) if webhook in event.hooks else "",
             "error": error,
             "attempts": str(webhook.retries.attempts),
         }

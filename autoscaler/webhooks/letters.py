@@ -13,7 +13,7 @@ from redis.exceptions import ResponseError
 from chatscale_contract.keys import Keys
 from chatscale_contract.webhooks import OUTBOX_MAXLEN
 
-_KEPT = ("event", "session", "payload", "metadata", "origin")
+_KEPT = ("event", "session", "payload", "metadata", "origin", "hooks")
 
 
 async def dead_letters(client: aioredis.Redis, keys: Keys, count: int = 100) -> dict[str, Any]:
@@ -40,7 +40,7 @@ async def replay(
     replayed, kept = 0, []
     for stream_id, fields in rows:
         url = fields.get("url", "")
-        if url not in urls:
+        if url not in urls and not fields.get("hooks"):  # a session's own receiver goes along
             kept.append(url)
             continue
         again = {k: fields[k] for k in _KEPT if k in fields}

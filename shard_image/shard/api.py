@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from chatscale_contract.hops import FORWARDED_BY
 from chatscale_contract.ids import InvalidSessionId, check_session_id
+from chatscale_contract.webhooks import hooks_text, session_hooks
 from shard.catalog import BadQuery, Catalog, query_from
 from shard.drivers import DEFAULT_DRIVER, MAX_TEXT, DriverError, Unsupported
 from shard.errors import Handler, json_error
@@ -29,7 +30,7 @@ from shard.sessions import Draining, LiveSession, NotHere, SessionSpec
 from shard.state import SHARD, Shard
 
 _OPEN_PATHS = {"/health", "/metrics", "/openapi.json"}
-_SPEC_KEYS = {"driver", "options", "workspace_id", "account_id"}
+_SPEC_KEYS = {"driver", "options", "workspace_id", "account_id", "webhooks"}
 _REF_MAX = 128
 
 
@@ -132,7 +133,12 @@ def spec_from(body: dict[str, Any]) -> SessionSpec:
         raise BadRequest("driver must be a string")
     if not isinstance(options, dict):
         raise BadRequest("options must be an object")
-    return SessionSpec(driver, options, _ref(body, "workspace_id"), _ref(body, "account_id"))
+    try:
+        hooks = hooks_text(session_hooks(body.get("webhooks", [])))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    workspace, account = _ref(body, "workspace_id"), _ref(body, "account_id")
+    return SessionSpec(driver, options, workspace, account, hooks)
 
 
 def _ref(body: dict[str, Any], key: str) -> str:
@@ -325,6 +331,7 @@ def _spec_body(spec: SessionSpec) -> dict[str, Any]:
         "options": spec.options,
         "workspace_id": spec.workspace_id,
         "account_id": spec.account_id,
+        "webhooks": json.loads(spec.webhooks) if spec.webhooks else [],
     }
 
 

@@ -35,13 +35,17 @@ _EMIT = """
 local function emit_status(outbox, maxlen, skey, sid, status)
   if redis.call('HGET', skey, 'reported') == status then return end
   redis.call('HSET', skey, 'reported', status)
-  local ref = redis.call('HMGET', skey, 'workspace_id', 'account_id', 'error')
+  local ref = redis.call('HMGET', skey, 'workspace_id', 'account_id', 'error', 'webhooks')
   local payload = {status = status}
   if status == 'FAILED' and ref[3] and ref[3] ~= '' then payload.error = ref[3] end
   local metadata = {workspace_id = ref[1] or '', account_id = ref[2] or ''}
-  redis.call('XADD', outbox, 'MAXLEN', '~', maxlen, '*', 'event', 'session.status',
-             'session', sid, 'payload', cjson.encode(payload),
-             'metadata', cjson.encode(metadata))
+  local entry = {'event', 'session.status', 'session', sid, 'payload', cjson.encode(payload),
+                 'metadata', cjson.encode(metadata)}
+  if ref[4] and ref[4] ~= '' then
+    table.insert(entry, 'hooks')
+    table.insert(entry, ref[4])
+  end
+  redis.call('XADD', outbox, 'MAXLEN', '~', maxlen, '*', unpack(entry))
 end
 """
 

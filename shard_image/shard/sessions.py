@@ -62,6 +62,9 @@ class SessionSpec:
     options: dict[str, Any] = field(default_factory=dict)
     workspace_id: str = ""
     account_id: str = ""
+    webhooks: str = ""
+    """The session's own webhook receivers, as stored (chatscale_contract.webhooks.hooks_text);
+    every event of the session carries them."""
 
     def fields(self) -> dict[str, str]:
         return {
@@ -69,6 +72,7 @@ class SessionSpec:
             "options": json.dumps(self.options, sort_keys=True),
             "workspace_id": self.workspace_id,
             "account_id": self.account_id,
+            "webhooks": self.webhooks,
         }
 
     @classmethod
@@ -78,6 +82,7 @@ class SessionSpec:
             options=json.loads(record.get("options") or "{}"),
             workspace_id=record.get("workspace_id", ""),
             account_id=record.get("account_id", ""),
+            webhooks=record.get("webhooks", ""),
         )
 
 

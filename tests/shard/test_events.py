@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from support.receiver import KEY, Receiver, delivering
+from support.receiver import KEY, Receiver, delivering, serving
 from support.shards import Api, ShardFleet, scan
 
 from autoscaler.webhooks.deliver import Deliverer
@@ -160,3 +160,32 @@ async def test_dead_letters_are_kept_and_replayed(
         await until(lambda: receiver.statuses("lost") == ["STARTING", "SCAN_QR_CODE"], 20, "all")
     assert (await dead_letters(client, KEYS))["total"] == 0
     await client.aclose()
+
+
+async def test_a_sessions_own_receivers_get_its_events_only(
+    fleet: ShardFleet,
+    http: aiohttp.ClientSession,
+    redis_url: str,
+    receiver: Receiver,
+) -> None:
+    api = Api(http, fleet.start("shard-1").url)
+    async with serving() as own:
+        # As WAHA clients send them: camelCase, in the create.
+        hooks = [{"url": own.url, "hmac": {"key": KEY}, "retries": {"delaySeconds": 0.2}}]
+        code, body, _ = await api.call("PUT", "/api/sessions/mine", {"webhooks": hooks})
+        assert code == 201, body
+        code, body, _ = await api.call("PUT", "/api/sessions/theirs", {})
+        assert code == 201, body
+        wrong = {"webhooks": [{"url": own.url, "retries": {"attempts": 0}}]}
+        code, body, _ = await api.call("PUT", "/api/sessions/bad", wrong)
+        assert code == 400 and "webhooks[0].retries.attempts:" in body["error"], body
+        async with delivering_to(redis_url, [hook(receiver.url)]):
+            for sid in ("mine", "theirs"):
+                await api.wait_status(sid, "SCAN_QR_CODE")
+            want = ["STARTING", "SCAN_QR_CODE"]
+            await until(lambda: own.statuses("mine") == want, 20, "the session's own receiver")
+            await until(lambda: receiver.statuses("theirs") == want, 20, "the fleet's receiver")
+            await until(lambda: receiver.statuses("mine") == want, 20, "the fleet's, for mine")
+        assert {e["session"] for e in own.got} == {"mine"}, "only its own session's events"
+        view = (await api.call("GET", "/api/sessions/mine"))[1]
+        assert "webhooks" not in view and KEY not in str(view), "the key is not shown"

@@ -156,7 +156,7 @@ async def test_dead_letters_are_listed_and_replayed(fleet_daemon: Daemon, status
         async with http.get(f"{status_url}/api/webhooks") as resp:
             data = await resp.json()
         assert resp.status == 200 and data["dead"]["total"] == 1, data
-        assert data["dead"]["letters"] == [{"id": letter_id, **letter}]
+        assert data["dead"]["letters"] == [{"id": letter_id, **letter, "session_receiver": False}]
         async with http.get(f"{status_url}/") as resp:
             assert letter_id in await resp.text(), "the page lists it"
         for body, status, words in (

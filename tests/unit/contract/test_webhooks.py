@@ -10,7 +10,17 @@ import json
 import pytest
 
 from chatscale_contract.configload import ConfigError, parse_config
-from chatscale_contract.webhooks import Event, Retries, Webhook, headers, sign, ulid
+from chatscale_contract.webhooks import (
+    Event,
+    Retries,
+    Webhook,
+    headers,
+    hooks_text,
+    session_hooks,
+    sign,
+    stored_hooks,
+    ulid,
+)
 
 EVENT = Event(
     "1764650000123-0",
@@ -134,3 +144,44 @@ def _decode(text: str) -> int:
     for char in text:
         value = value * 32 + "0123456789ABCDEFGHJKMNPQRSTVWXYZ".index(char)
     return value
+
+
+def test_a_sessions_own_receivers_in_wahas_form() -> None:
+    given = [
+        {
+            "url": "https://app.example/hook",
+            "events": ["session.status"],
+            "hmac": {"key": "k1"},
+            "retries": {"delaySeconds": 1, "attempts": 3, "policy": "constant"},
+            "customHeaders": [{"name": "X-Tenant", "value": "t1"}],
+        }
+    ]
+    (hook,) = session_hooks(given)
+    assert hook.retries.delay_seconds == 1 and hook.custom_headers[0].value == "t1"
+    assert stored_hooks(hooks_text([hook])) == [hook], "stored and read back alike"
+    assert hooks_text([]) == "" and stored_hooks("") == [] and stored_hooks("{garbled") == []
+
+
+NEGATIVE = {"delaySeconds": -1}
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"url": "x"}, "webhooks must be a list of receivers"),
+        ([{"url": "ftp://a.example/x"}], "webhooks[0].url: Value error, 'ftp://a.example/x'"),
+        (
+            [
+                {"url": "http://a.example/x"},
+                {"url": "http://b.example/x", "retries": {"delaySeconds": -1}},
+            ],
+            "webhooks[1].retries.delaySeconds: Input should be greater than or equal to 0",
+        ),
+        ([{"url": "http://a.example/x", "colour": 1}], "webhooks[0].colour: Extra inputs"),
+        ([{"url": f"http://a.example/{n}"} for n in range(6)], "at most 5 receivers"),
+    ],
+)
+def test_wrong_session_receivers_are_named(given: object, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        session_hooks(given)
+    assert message in str(caught.value)
