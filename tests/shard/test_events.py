@@ -162,13 +162,16 @@ async def test_dead_letters_are_kept_and_replayed(
     await client.aclose()
 
 
+@pytest.fixture
+def one_shard(fleet: ShardFleet, http: aiohttp.ClientSession) -> Api:
+    """The API of one running shard."""
+    return Api(http, fleet.start("shard-1").url)
+
+
 async def test_a_sessions_own_receivers_get_its_events_only(
-    fleet: ShardFleet,
-    http: aiohttp.ClientSession,
-    redis_url: str,
-    receiver: Receiver,
+    one_shard: Api, redis_url: str, receiver: Receiver
 ) -> None:
-    api = Api(http, fleet.start("shard-1").url)
+    api = one_shard
     async with serving() as own:
         # As WAHA clients send them: camelCase, in the create.
         hooks = [{"url": own.url, "hmac": {"key": KEY}, "retries": {"delaySeconds": 0.2}}]
