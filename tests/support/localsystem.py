@@ -120,6 +120,15 @@ class LocalSystem:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
+    def front_serves(self) -> bool:
+        """nginx answers with a config the autoscaler published (an open port alone says less:
+        see procs.port_open)."""
+        try:
+            with urllib.request.urlopen(f"{self.front}/__chatscale/config", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
     def wait_front_holds(self) -> None:
         """Until the front's nginx hands what no shard takes to an activator."""
         wait_for(lambda: "upstream chatscale_activator" in self.nginx_conf(), 30, "the activator")
@@ -151,7 +160,7 @@ def local_system(
     try:
         system.start_front()
         system.start_autoscaler()
-        wait_for(lambda: port_open(system.front_port), 30, "the front's nginx")
+        wait_for(system.front_serves, 30, "the front's nginx serving a config")
         yield system
     finally:
         system.close()

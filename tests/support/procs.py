@@ -68,9 +68,14 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: flo
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Something listens on `port`. A port in the ephemeral range can look open with nobody
+    there: polled often enough, the kernel picks that very port as the probe's own source port
+    and the socket connects to itself (TCP simultaneous open). Seen once in CI; ruled out here."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.2)
-        return sock.connect_ex((host, port)) == 0
+        if sock.connect_ex((host, port)) != 0:
+            return False
+        return bool(sock.getsockname() != sock.getpeername())
 
 
 def start(
