@@ -57,8 +57,10 @@ class Sender:
                 body = await resp.read()
                 passed = {h: resp.headers[h] for h in PASS_BACK if h in resp.headers}
                 return Answer(resp.status, body, passed)
-        except aiohttp.ClientConnectorError as exc:
-            raise Unreachable(str(exc)) from exc
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # Not connected, so nothing was sent: safe to try again on the next reading (a
+            # shard whose task moves keeps its name while its old address times out).
+            raise Unreachable(str(exc) or type(exc).__name__) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Sent, maybe acted on: not safe to send again elsewhere.
             return Answer.error(502, f"{target.id} did not answer: {exc or type(exc).__name__}")
