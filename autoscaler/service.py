@@ -43,6 +43,8 @@ from chatscale_contract.keys import Keys
 
 log = logging.getLogger(__name__)
 PASS_JOB = "reconcile"
+CANCEL_WAIT = 5.0
+"""Seconds a stopping daemon waits for each cancelled background job."""
 
 
 class Reconciles(Protocol):
@@ -219,9 +221,14 @@ async def _until_stopped(daemon: Daemon, nudge: Nudger) -> None:
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel a background job and wait for it, but never forever: a stop must end."""
     task.cancel()
     with contextlib.suppress(BaseException):
-        await task
+        await asyncio.wait_for(asyncio.shield(task), CANCEL_WAIT)
+    if not task.done():
+        log.error(
+            "%s did not stop within %g s after being cancelled; leaving it", task, CANCEL_WAIT
+        )
 
 
 async def down(config: Config) -> int:
