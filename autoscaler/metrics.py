@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+def quantile(values: Iterable[float], q: float) -> float | None:
+    """The q-quantile (nearest rank below) of recent values, rounded to milliseconds; None for
+    none. What the status page shows next to the histograms /metrics exports."""
+    ordered = sorted(values)
+    return round(ordered[int(q * (len(ordered) - 1))], 3) if ordered else None
 
 
 class Metrics:

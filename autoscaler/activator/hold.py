@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from autoscaler.activator.choose import Reading, choose
 from autoscaler.activator.watch import FleetWatch
-from autoscaler.metrics import Metrics
+from autoscaler.metrics import Metrics, quantile
 from chatscale_contract.beat import Beat
 from chatscale_contract.clock import Clock
 from chatscale_contract.config import ActivatorSettings
@@ -187,14 +187,9 @@ class Activator:
 
     def stats(self) -> dict[str, object]:
         """What the status page shows about this activator."""
-        ordered = sorted(self.recent)
-
-        def quantile(q: float) -> float | None:
-            return round(ordered[int(q * (len(ordered) - 1))], 3) if ordered else None
-
         return {
             "held": self.held,
             **self.counts,
-            "hold_p50_seconds": quantile(0.5),
-            "hold_p95_seconds": quantile(0.95),
+            "hold_p50_seconds": quantile(self.recent, 0.5),
+            "hold_p95_seconds": quantile(self.recent, 0.95),
         }

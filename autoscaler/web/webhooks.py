@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import statistics
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -11,6 +10,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from autoscaler.loop.daemon import Daemon
+from autoscaler.metrics import quantile
 from autoscaler.web.appkeys import DAEMON, DELIVERER
 from autoscaler.webhooks.deliver import Deliverer
 from autoscaler.webhooks.letters import dead_letters, replay
@@ -47,17 +47,14 @@ def public(url: str) -> str:
 
 def _stats(deliverer: Deliverer) -> dict[str, Any]:
     s = deliverer.stats
-    ordered = sorted(s.latencies)
-    p50 = statistics.median(ordered) if ordered else None
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else None
     return {
         "delivered": s.delivered,
         "retried": s.retried,
         "dead": s.dead,
         "last_error": s.last_error or None,
         "last_error_at": s.last_error_at or None,
-        "latency_p50": p50,
-        "latency_p99": p99,
+        "latency_p50": quantile(s.latencies, 0.5),
+        "latency_p99": quantile(s.latencies, 0.99),
     }
 
 

@@ -19,6 +19,7 @@ import json
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,12 +58,8 @@ class Stats:
     dead: int = 0
     last_error: str = ""
     last_error_at: float = 0.0
-    latencies: list[float] = field(default_factory=list)
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
     """Seconds from the event's write to its delivery, the newest 1,000."""
-
-    def took(self, seconds: float) -> None:
-        self.latencies.append(seconds)
-        del self.latencies[:-1000]
 
     def failed(self, error: str) -> None:
         self.last_error, self.last_error_at = error, time.time()
@@ -210,9 +207,10 @@ class Deliverer:
             error = await _post(self._http, webhook.url, body, sent_headers, timeout)
             if error is None:
                 self.stats.delivered += 1
-                self.stats.took(time.time() - event.timestamp_ms / 1000)
+                took = time.time() - event.timestamp_ms / 1000
+                self.stats.latencies.append(took)
                 self.metrics.webhook_deliveries.labels("delivered").inc()
-                self.metrics.webhook_latency.observe(self.stats.latencies[-1])
+                self.metrics.webhook_latency.observe(took)
                 return
             last = f"{webhook.url}: {error}"
             self.stats.failed(last)
