@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support.compose import compose_system
 from support.e2e import e2e_config, start_site
 from support.localsystem import BIN, LocalSystem, local_system
-from support.procs import free_port, port_open, start, start_redis, stop, wait_for
+from support.procs import free_port, http_ok, port_open, start, start_redis, stop, wait_for
 from support.scenario import API_KEY
 
 from chatscale_contract.keys import Keys
@@ -147,7 +147,7 @@ def bare(start_shard: Callable[[], str], stop_shard: Callable[[], None]) -> dict
     """Start one shard by hand, poll /health, PUT straight to it, wait for its QR code."""
     began = time.time()
     base = start_shard()
-    wait_for(lambda: _health(f"{base}/health"), 90, "the bare shard", interval=0.02)
+    wait_for(lambda: http_ok(f"{base}/health"), 90, "the bare shard", interval=0.02)
     booted = time.time()
     try:
         code, body = call("PUT", f"{base}/api/sessions/bare-1", {})
@@ -157,14 +157,6 @@ def bare(start_shard: Callable[[], str], stop_shard: Callable[[], None]) -> dict
     finally:
         stop_shard()
     return {"booted": booted - began, "answered": answered - began, "qr": qr - began}
-
-
-def _health(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
 
 
 # --- Docker -------------------------------------------------------------------------------------

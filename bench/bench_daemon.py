@@ -28,7 +28,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from support.procs import free_port, start, start_redis, stop, wait_for
+from support.procs import free_port, http_ok, start, start_redis, stop, wait_for
 
 from autoscaler.loop.daemon import Daemon
 from autoscaler.runtimes.base import ShardInstance
@@ -231,7 +231,7 @@ def bare_run(config: Config, client: object) -> list[str]:
     started = time.monotonic() - began
     container.reload()
     ip = next(iter(container.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
-    wait_for(lambda: _health(f"http://{ip}:8000/health"), 60, "bare shard /health", interval=0.05)
+    wait_for(lambda: http_ok(f"http://{ip}:8000/health"), 60, "bare shard /health", interval=0.05)
     booted = time.monotonic() - began
     return [
         f"| bare `docker run` of the same image: returned | {started:.2f} s |",
@@ -256,14 +256,6 @@ def _ready(status_port: int) -> int:
     except OSError:
         return 0
     return sum(1 for s in shards if s["state"] == "ready")
-
-
-def _health(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import aiohttp  # noqa: E402
 from support.cluster import cluster, kill_node  # noqa: E402
 from support.e2e import SITE, e2e_config, start_site  # noqa: E402
-from support.procs import free_port, wait_for  # noqa: E402
+from support.procs import free_port, http_ok, wait_for  # noqa: E402
 from support.scenario import KEYS, SESSIONS, Scenario, System  # noqa: E402
 from support.swarm import Stack, run, single_node_swarm  # noqa: E402
 
@@ -125,7 +125,12 @@ def _bare_service(client: Any, config: Config) -> tuple[float, float]:
     try:
         wait_for(lambda: _task_running(client, "bench-bare"), 120, "bare task", interval=0.05)
         running = time.monotonic() - began
-        wait_for(lambda: _health(port), 120, "bare shard /health", interval=0.05)
+        wait_for(
+            lambda: http_ok(f"http://127.0.0.1:{port}/health"),
+            120,
+            "bare shard /health",
+            interval=0.05,
+        )
         return time.monotonic() - began, running
     finally:
         client.api.remove_service(service["ID"])
@@ -176,14 +181,6 @@ def _put(front: str, sid: str) -> int:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return exc.code
-
-
-def _health(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
 
 
 # --- 2. a pass over 300 services --------------------------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from support.heartbeat_shard import HeartbeatShard, Settings
-from support.procs import free_port
+from support.procs import eventually, free_port
 
 from autoscaler.activator.server import running
 from autoscaler.metrics import Metrics
@@ -106,13 +106,6 @@ async def _kit(redis_url: str, **settings: Any) -> AsyncIterator[Kit]:
     await client.aclose()
 
 
-async def until(check: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def test_a_request_waits_for_the_first_shard_then_reaches_it(kit: Kit) -> None:
     nudges = kit.redis.pubsub()
     await nudges.subscribe(KEYS.nudge)
@@ -121,7 +114,7 @@ async def test_a_request_waits_for_the_first_shard_then_reaches_it(kit: Kit) -> 
     async def recorded() -> bool:
         return await kit.redis.zscore(KEYS.pending, "alice") is not None
 
-    await until(recorded, 5, "the demand to be recorded")
+    await eventually(recorded, 5, "the demand to be recorded")
     assert await _nudged(nudges), "the autoscaler was not nudged"
     await asyncio.sleep(0.5)
     assert not create.done(), "answered before any shard existed"
@@ -146,7 +139,7 @@ async def test_a_request_without_a_session_id_wakes_the_fleet_too(kit: Kit) -> N
     async def recorded() -> bool:
         return await kit.redis.zscore(KEYS.pending, WAKE) is not None
 
-    await until(recorded, 5, "the wake-up demand")
+    await eventually(recorded, 5, "the wake-up demand")
     await kit.shard(1)
     status, body, _ = await create
     assert status == 200 and body["shard"] == "shard-1"
@@ -170,7 +163,7 @@ async def test_past_the_queue_limit_503_at_once(redis_url: str) -> None:
         held = [
             asyncio.create_task(kit.call("PUT", f"/api/sessions/s{i}", json={})) for i in (1, 2)
         ]
-        await until(_holding(kit, 2), 5, "two held requests")
+        await eventually(_holding(kit, 2), 5, "two held requests")
         status, body, headers = await kit.call("PUT", "/api/sessions/s3", json={})
         assert status == 503 and headers["Retry-After"] == "5"
         assert "activator.max_held" in body["error"]
@@ -196,7 +189,7 @@ async def test_requests_for_one_session_keep_their_order(kit: Kit) -> None:
         body = {"text": str(i)}
         path = "/api/sessions/alice/messages"
         sends.append(asyncio.create_task(kit.call("POST", path, json=body)))
-        await until(_holding(kit, i + 1), 5, f"request {i} held")
+        await eventually(_holding(kit, i + 1), 5, f"request {i} held")
     await kit.shard(1, routes=[web.post("/api/sessions/{id}/messages", message)])
     assert [(await s)[0] for s in sends] == [200] * 6
     assert seen == [str(i) for i in range(6)]
@@ -224,7 +217,7 @@ async def test_requests_are_passed_as_forwarded(kit: Kit) -> None:
         return web.json_response({"ok": True})
 
     await kit.shard(1, routes=[web.get("/api/sessions/{id}/qr", echo)])
-    await until(_beating(kit, 1), 5, "shard-1's heartbeat")
+    await eventually(_beating(kit, 1), 5, "shard-1's heartbeat")
     status, _, _ = await kit.call("GET", "/api/sessions/alice/qr", headers={"X-Api-Key": "k"})
     assert status == 200
     assert seen[FORWARDED_BY] == "activator" and seen["X-Api-Key"] == "k"

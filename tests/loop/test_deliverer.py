@@ -5,11 +5,10 @@ itself; a deliverer that loses the leadership stops sending, and the next one fi
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import redis.asyncio as aioredis
 from shard.registry import Registry
+from support.procs import eventually
 from support.receiver import KEY, Receiver, delivering, serving
 
 from chatscale_contract.keys import Keys
@@ -36,13 +35,6 @@ async def write_changes(client: aioredis.Redis) -> None:
             assert await registry.update(sid, 1, {"status": status})
 
 
-async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 def in_order(receiver: Receiver) -> bool:
     return all(receiver.statuses(sid) == list(CHANGES) for sid in SESSIONS)
 
@@ -53,12 +45,12 @@ async def test_a_receiver_that_is_down_holds_up_only_itself(aredis: aioredis.Red
         hooks = [hook(down, delay_seconds=0.5, attempts=100), hook(up)]
         async with delivering(aredis, hooks):
             await write_changes(aredis)
-            await until(lambda: in_order(up), 5, "every event at the receiver that is up")
+            await eventually(lambda: in_order(up), 5, "every event at the receiver that is up")
             assert not down.got and down.refused > 0
             assert await aredis.xlen(KEYS.outbox) == len(SESSIONS) * len(CHANGES), "kept for down"
             down.up = True
-            await until(lambda: in_order(down), 10, "the rest, once it is back")
-            await until(lambda: len(up.got) == 16, 1, "nothing sent twice to the one up")
+            await eventually(lambda: in_order(down), 10, "the rest, once it is back")
+            await eventually(lambda: len(up.got) == 16, 1, "nothing sent twice to the one up")
 
 
 async def test_a_deposed_deliverer_stops_and_the_next_leader_finishes(
@@ -70,7 +62,7 @@ async def test_a_deposed_deliverer_stops_and_the_next_leader_finishes(
         hooks = [hook(receiver, delay_seconds=0.2, attempts=100)]
         async with delivering(aredis, hooks, lambda: leads["old"]):
             await write_changes(aredis)
-            await until(lambda: receiver.refused >= 4, 5, "attempts while it leads")
+            await eventually(lambda: receiver.refused >= 4, 5, "attempts while it leads")
             leads["old"] = False  # the lock went to another instance
             await asyncio.sleep(0.5)  # any attempt under way ends
             tried = receiver.refused
@@ -78,4 +70,4 @@ async def test_a_deposed_deliverer_stops_and_the_next_leader_finishes(
             assert receiver.refused == tried, "a deposed deliverer sends nothing more"
             receiver.up = True
             async with delivering(aredis, hooks):  # the new leader
-                await until(lambda: in_order(receiver), 10, "every event, in order")
+                await eventually(lambda: in_order(receiver), 10, "every event, in order")

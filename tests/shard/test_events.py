@@ -9,12 +9,13 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from support.procs import eventually
 from support.receiver import KEY, Receiver, delivering, serving
 from support.shards import Api, ShardFleet, scan
 
@@ -41,13 +42,6 @@ def hook(url: str, **retries: Any) -> Webhook:
     return Webhook.model_validate({"url": url, "hmac": {"key": KEY}, "retries": retries})
 
 
-async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
-
-
 async def logged_in(api: Api, http: aiohttp.ClientSession, site: str, sid: str) -> None:
     code, body, _ = await api.call("PUT", f"/api/sessions/{sid}", {"workspace_id": "w1"})
     assert code == 201, body
@@ -70,9 +64,9 @@ async def test_status_events_reach_the_receiver_signed_and_in_order(
         code, body, _ = await api.call("POST", "/api/sessions/alice/stop")
         assert code == 200, body
         want = ["STARTING", "SCAN_QR_CODE", "WORKING", "STOPPED"]
-        await until(lambda: receiver.statuses("alice") == want, 20, f"{want}")
+        await eventually(lambda: receiver.statuses("alice") == want, 20, f"{want}")
         # The receiver has the last one; the deliverer counts it once it read the answer.
-        await until(lambda: deliverer.stats.delivered == 4, 10, "the fourth answer counted")
+        await eventually(lambda: deliverer.stats.delivered == 4, 10, "the fourth answer counted")
         client = aioredis.Redis.from_url(redis_url, decode_responses=True)
         deadline = time.monotonic() + 10
         while await client.xlen(KEYS.outbox):
@@ -107,7 +101,7 @@ async def test_a_receiver_down_for_30_s_loses_nothing(
     async with delivering_to(redis_url, hooks):
         receiver.up = True
         want = ["STARTING", "SCAN_QR_CODE", "WORKING"]
-        await until(
+        await eventually(
             lambda: all(receiver.statuses(s)[-3:] == want for s in ("s1", "s2", "s3")), 30, "all"
         )
     for sid in ("s1", "s2", "s3"):
@@ -130,7 +124,7 @@ async def test_an_event_outlives_the_shard_that_wrote_it(
     shard.proc.wait(10)
     async with delivering_to(redis_url, [hook(receiver.url)]):
         want = ["STARTING", "SCAN_QR_CODE", "WORKING"]
-        await until(lambda: receiver.statuses("kept") == want, 20, f"{want}")
+        await eventually(lambda: receiver.statuses("kept") == want, 20, f"{want}")
 
 
 async def test_dead_letters_are_kept_and_replayed(
@@ -147,7 +141,7 @@ async def test_dead_letters_are_kept_and_replayed(
         code, body, _ = await api.call("PUT", "/api/sessions/lost", {})
         assert code == 201, body
         await api.wait_status("lost", "SCAN_QR_CODE")
-        await until(lambda: deliverer.stats.dead == 2, 20, "two dead letters")
+        await eventually(lambda: deliverer.stats.dead == 2, 20, "two dead letters")
         dead = await dead_letters(client, KEYS)
         assert dead["total"] == 2 and receiver.refused == 4
         letter = dead["letters"][-1]  # the oldest: STARTING
@@ -155,9 +149,11 @@ async def test_dead_letters_are_kept_and_replayed(
         assert "HTTP 503" in letter["error"]
         receiver.up = True
         assert await replay(client, KEYS, letter["id"], {receiver.url}) == (1, [])
-        await until(lambda: receiver.statuses("lost") == ["STARTING"], 20, "the replayed one")
+        await eventually(lambda: receiver.statuses("lost") == ["STARTING"], 20, "the replayed one")
         assert await replay(client, KEYS, None, {receiver.url}) == (1, [])
-        await until(lambda: receiver.statuses("lost") == ["STARTING", "SCAN_QR_CODE"], 20, "all")
+        await eventually(
+            lambda: receiver.statuses("lost") == ["STARTING", "SCAN_QR_CODE"], 20, "all"
+        )
     assert (await dead_letters(client, KEYS))["total"] == 0
     await client.aclose()
 
@@ -186,9 +182,11 @@ async def test_a_sessions_own_receivers_get_its_events_only(
             for sid in ("mine", "theirs"):
                 await api.wait_status(sid, "SCAN_QR_CODE")
             want = ["STARTING", "SCAN_QR_CODE"]
-            await until(lambda: own.statuses("mine") == want, 20, "the session's own receiver")
-            await until(lambda: receiver.statuses("theirs") == want, 20, "the fleet's receiver")
-            await until(lambda: receiver.statuses("mine") == want, 20, "the fleet's, for mine")
+            await eventually(lambda: own.statuses("mine") == want, 20, "the session's own receiver")
+            await eventually(
+                lambda: receiver.statuses("theirs") == want, 20, "the fleet's receiver"
+            )
+            await eventually(lambda: receiver.statuses("mine") == want, 20, "the fleet's, for mine")
         assert {e["session"] for e in own.got} == {"mine"}, "only its own session's events"
         view = (await api.call("GET", "/api/sessions/mine"))[1]
         assert "webhooks" not in view and KEY not in str(view), "the key is not shown"

@@ -19,7 +19,7 @@ import yaml
 
 from autoscaler.runtimes.local import MARKER
 from chatscale_contract import proctree
-from support.procs import free_port, free_port_block, port_open, start, stop, wait_for
+from support.procs import free_port, free_port_block, http_ok, port_open, start, stop, wait_for
 from support.scenario import API_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,11 +123,7 @@ class LocalSystem:
     def front_serves(self) -> bool:
         """nginx answers with a config the autoscaler published (an open port alone says less:
         see procs.port_open)."""
-        try:
-            with urllib.request.urlopen(f"{self.front}/__chatscale/config", timeout=2) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
+        return http_ok(f"{self.front}/__chatscale/config", timeout=2)
 
     def wait_front_holds(self) -> None:
         """Until the front's nginx hands what no shard takes to an activator."""

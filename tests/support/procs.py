@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import os
 import random
 import shutil
@@ -10,7 +12,8 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+import urllib.request
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import redis
@@ -65,6 +68,30 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: flo
             pass
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def http_ok(url: str, timeout: float = 1) -> bool:
+    """GET `url` answers 200 (no proxy; any failure, including a refused connection: False)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], timeout: float, what: str, interval: float = 0.05
+) -> None:
+    """Until `check` (plain or async) is true; fails naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(interval)
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
