@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from chatscale_contract.keys import Keys
 
-FIELDS = ("owner", "status", "driver", "workspace_id", "account_id", "error", "token", "created_at")
+FIELDS = ("owner", "status", "driver", "workspace_id", "account_id", "error", "token")
 """The record fields a listing shows (the same view as `GET /api/sessions/{id}`)."""
 CHUNK = 500
 """Records read per pipeline: bounds one round trip's size on a large fleet."""
