@@ -90,10 +90,13 @@ class Harness:
         os.kill(shard_roots(self.project)[shard_id].pid, signal.SIGKILL)
 
     def identity(self, shard_id: str) -> str:
-        """Container id / pid: changes when a shard is replaced."""
+        """Container id / pid: changes when a shard is replaced; "" while none runs (one
+        look at the system, so a shard that dies between two looks cannot raise)."""
         if self.kind == "docker":
-            return str(self.docker.containers.get(f"{self.project}-{shard_id}").id)
-        return str(shard_roots(self.project)[shard_id].pid)
+            found = self.docker.containers.list(filters={"name": f"^{self.project}-{shard_id}$"})
+            return str(found[0].id) if found else ""
+        root = shard_roots(self.project).get(shard_id)
+        return str(root.pid) if root else ""
 
     # --- the stand-in shards' sessions, through their own endpoints --------------------------
 
