@@ -235,6 +235,8 @@ class NginxSettings(Frozen):
     atomically, and only after `nginx -t` passed on exactly this text."""
     listen: int = Field(default=3000, ge=1, le=65535)
     """Port clients (e.g. a Laravel app) talk to."""
+    waha_listen: int = Field(default=3001, ge=0, le=65535)
+    """Port of the WAHA-compatible API (WAHA's clients change only their base URL); 0: off."""
     binary: str = "nginx"
     """nginx executable the front agent tests configs with (`nginx -t`) and starts."""
     front_url: Removed = None
@@ -273,6 +275,12 @@ class NginxSettings(Frozen):
     """A file the front agent writes the shards' addresses into before testing each config
     (/etc/hosts in a front container), so nginx resolves shard names from what the autoscaler
     saw rather than from DNS. None: names resolve through DNS (one Docker host: at once)."""
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> NginxSettings:
+        if self.waha_listen == self.listen:
+            raise ValueError(f"waha_listen must differ from listen ({self.listen}); 0 turns it off")
+        return self
 
 
 class LocalRuntime(Frozen):

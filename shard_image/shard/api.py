@@ -28,9 +28,11 @@ from shard.errors import Handler, json_error
 from shard.registry import Full, OwnedElsewhere
 from shard.sessions import Draining, LiveSession, NotHere, SessionSpec
 from shard.state import SHARD, Shard
+from shard.waha.names import BadName, NameTaken, NoSession
+from shard.waha.names import session_id as waha_id
 
 _OPEN_PATHS = {"/health", "/metrics", "/openapi.json"}
-_SPEC_KEYS = {"driver", "options", "workspace_id", "account_id", "webhooks"}
+_SPEC_KEYS = {"driver", "options", "workspace_id", "account_id", "webhooks", "name", "metadata"}
 _REF_MAX = 128
 
 
@@ -65,8 +67,12 @@ def routes() -> list[web.RouteDef]:
 async def bad_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except (BadRequest, BadQuery, InvalidSessionId) as exc:
+    except (BadRequest, BadQuery, InvalidSessionId, BadName) as exc:
         return json_error(400, str(exc))
+    except NoSession as exc:
+        return json_error(404, str(exc))
+    except NameTaken as exc:
+        return json_error(409, str(exc))
     except Unsupported as exc:
         return json_error(501, str(exc))
     except DriverError as exc:
@@ -85,7 +91,8 @@ async def api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
     """X-Api-Key, compared in constant time; the older POST form may carry it in the body."""
     key = request.app[SHARD].settings.api_key
     legacy_create = request.method == "POST" and request.path == "/api/sessions"
-    checked = key and request.path not in _OPEN_PATHS and not legacy_create
+    waha = request.path.startswith("/waha/")  # checked in WAHA's own way (shard/waha/errors.py)
+    checked = key and request.path not in _OPEN_PATHS and not legacy_create and not waha
     if checked and not key_matches(request.headers.get("X-Api-Key", ""), key):
         return json_error(401, "missing or wrong X-Api-Key")
     return await handler(request)
@@ -138,7 +145,13 @@ def spec_from(body: dict[str, Any]) -> SessionSpec:
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     workspace, account = _ref(body, "workspace_id"), _ref(body, "account_id")
-    return SessionSpec(driver, options, workspace, account, hooks)
+    metadata = body.get("metadata") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise BadRequest("metadata must be an object of strings")
+    name = body.get("name") or ""
+    if not isinstance(name, str):
+        raise BadRequest("name must be a string")
+    return SessionSpec(driver, options, workspace, account, hooks, name, metadata)
 
 
 def _ref(body: dict[str, Any], key: str) -> str:
@@ -281,7 +294,10 @@ async def local_sessions(request: web.Request) -> web.Response:
 async def put_session(request: web.Request) -> web.StreamResponse:
     body, _ = await read_json(request)
     spec = spec_from(body) if body else None
-    return await ensure_started(request, path_id(request), spec)
+    sid = path_id(request)
+    if spec is not None and spec.name and waha_id(spec.name) != sid:
+        raise BadRequest(f"name {spec.name!r} is not session {sid!r}'s (shard/waha/names.py)")
+    return await ensure_started(request, sid, spec)
 
 
 async def create_legacy(request: web.Request) -> web.StreamResponse:
@@ -332,6 +348,8 @@ def _spec_body(spec: SessionSpec) -> dict[str, Any]:
         "workspace_id": spec.workspace_id,
         "account_id": spec.account_id,
         "webhooks": json.loads(spec.webhooks) if spec.webhooks else [],
+        "name": spec.name,
+        "metadata": spec.metadata,
     }
 
 

@@ -24,6 +24,8 @@ from shard.errors import errors_as_json
 from shard.registry import Registry
 from shard.settings import ShardSettings
 from shard.state import SHARD, Shard
+from shard.waha.errors import waha_errors, waha_key
+from shard.waha.routes import routes as waha_routes
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1024 * 1024
@@ -35,10 +37,11 @@ REDIS_TIMEOUT = 5.0
 def init_app(settings: ShardSettings) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY,
-        middlewares=[shard_header, errors_as_json, bad_requests, api_key],
+        middlewares=[shard_header, waha_errors, errors_as_json, bad_requests, waha_key, api_key],
     )
     app["max_body"] = MAX_BODY
     app.add_routes(routes())
+    app.add_routes(waha_routes())
     app.cleanup_ctx.append(_resources(settings))
     return app
 

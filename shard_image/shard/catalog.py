@@ -88,9 +88,10 @@ class Page:
 
 
 class Catalog:
-    def __init__(self, client: aioredis.Redis, keys: Keys):
+    def __init__(self, client: aioredis.Redis, keys: Keys, fields: Sequence[str] = FIELDS):
         self.redis = client
         self.keys = keys
+        self.fields = tuple(fields)
 
     async def page(self, query: Query) -> Page:
         """The sessions matching `query`, oldest first (ties by id), one page of them."""
@@ -108,10 +109,10 @@ class Catalog:
     async def _records(self, ids: Sequence[str]) -> list[dict[str, str]]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for sid in ids:
-                pipe.hmget(self.keys.session(sid), *FIELDS)
+                pipe.hmget(self.keys.session(sid), *self.fields)
             rows = await pipe.execute()
         return [
-            {f: v for f, v in zip(FIELDS, row, strict=True) if v is not None}
+            {f: v for f, v in zip(self.fields, row, strict=True) if v is not None}
             if any(v is not None for v in row)
             else {}
             for row in rows

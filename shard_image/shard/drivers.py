@@ -57,6 +57,7 @@ DEFAULT_DRIVER = WHATSAPP
 """The driver of a session that names none."""
 _PHONE = re.compile(r"^\+?[0-9]{5,20}$")
 MAX_TEXT = 4096
+_LAST_WID = "() => localStorage.getItem('last-wid-md') || localStorage.getItem('last-wid')"
 
 
 class Driver(Protocol):
@@ -68,6 +69,7 @@ class Driver(Protocol):
     async def qr(self, page: Page, image: bool = True) -> tuple[str, bytes]: ...
     async def send_text(self, page: Page, to: str, text: str) -> str: ...
     async def logout(self, page: Page) -> None: ...
+    async def me(self, page: Page) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,10 @@ class WebDriver:
     async def logout(self, page: Page) -> None:
         """A generic page has no known logout; forgetting the session drops its storage."""
 
+    async def me(self, page: Page) -> str | None:
+        """The logged-in account's phone number; a generic page does not say."""
+        return None
+
 
 @dataclass(frozen=True)
 class WhatsAppDriver(WebDriver):
@@ -132,6 +138,13 @@ class WhatsAppDriver(WebDriver):
 
     async def logout(self, page: Page) -> None:
         await page.goto(f"{self.url}/logout", wait_until="domcontentloaded")
+
+    async def me(self, page: Page) -> str | None:
+        """WhatsApp Web keeps the account's id in localStorage (`last-wid-md`, a JSON string
+        such as "15550001234:12@c.us"); its phone number is the part before ':' or '@'."""
+        raw = await page.evaluate(_LAST_WID)
+        match = re.match(r'^"?\+?([0-9]{5,20})[:@]', raw) if isinstance(raw, str) else None
+        return match.group(1) if match else None
 
 
 def make_driver(

@@ -35,11 +35,18 @@ _EMIT = """
 local function emit_status(outbox, maxlen, skey, sid, status)
   if redis.call('HGET', skey, 'reported') == status then return end
   redis.call('HSET', skey, 'reported', status)
-  local ref = redis.call('HMGET', skey, 'workspace_id', 'account_id', 'error', 'webhooks')
+  local ref = redis.call('HMGET', skey, 'workspace_id', 'account_id', 'error', 'webhooks',
+                        'name', 'metadata')
   local payload = {status = status}
   if status == 'FAILED' and ref[3] and ref[3] ~= '' then payload.error = ref[3] end
-  local metadata = {workspace_id = ref[1] or '', account_id = ref[2] or ''}
-  local entry = {'event', 'session.status', 'session', sid, 'payload', cjson.encode(payload),
+  -- A WAHA client's own metadata first, then the ids chatscale knows the session by.
+  local metadata = {}
+  if ref[6] and ref[6] ~= '' then metadata = cjson.decode(ref[6]) end
+  metadata.workspace_id = ref[1] or ''
+  metadata.account_id = ref[2] or ''
+  local name = sid
+  if ref[5] and ref[5] ~= '' then name = ref[5] end
+  local entry = {'event', 'session.status', 'session', name, 'payload', cjson.encode(payload),
                  'metadata', cjson.encode(metadata)}
   if ref[4] and ref[4] ~= '' then
     table.insert(entry, 'hooks')

@@ -65,6 +65,11 @@ class SessionSpec:
     webhooks: str = ""
     """The session's own webhook receivers, as stored (chatscale_contract.webhooks.hooks_text);
     every event of the session carries them."""
+    name: str = ""
+    """The name a WAHA client gave the session (shard/waha/names.py), when it is not the id;
+    events name the session by it."""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """WAHA's `config.metadata`: copied into every event of the session."""
 
     def fields(self) -> dict[str, str]:
         return {
@@ -73,6 +78,8 @@ class SessionSpec:
             "workspace_id": self.workspace_id,
             "account_id": self.account_id,
             "webhooks": self.webhooks,
+            "name": self.name,
+            "metadata": json.dumps(self.metadata, sort_keys=True) if self.metadata else "",
         }
 
     @classmethod
@@ -83,6 +90,8 @@ class SessionSpec:
             workspace_id=record.get("workspace_id", ""),
             account_id=record.get("account_id", ""),
             webhooks=record.get("webhooks", ""),
+            name=record.get("name", ""),
+            metadata=json.loads(record.get("metadata") or "{}"),
         )
 
 
@@ -100,6 +109,8 @@ class LiveSession:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     snapshot_at: float = 0.0
     started_at: float = field(default_factory=time.time)
+    me: str = ""
+    """The logged-in account's phone number, once WORKING (when the driver can tell)."""
 
 
 class SessionManager:
@@ -270,6 +281,10 @@ class SessionManager:
         """Record a status change; False (and the local copy closed) if the session was lost."""
         session.status, session.error = status, error
         fields = {"status": status.value, "error": error}
+        if status == Status.WORKING and session.page is not None:
+            with contextlib.suppress(Exception):  # only a nicety: WAHA's `me`
+                session.me = await session.driver.me(session.page) or ""
+            fields["me"] = session.me
         if await self.registry.update(session.id, session.token, fields):
             return True
         await self.lost(session)

@@ -51,6 +51,7 @@ def local_config(folder: Path, redis_port: int, site: str) -> dict[str, Any]:
             "access_log": "nginx/access.log",
             "error_log": "nginx/error.log",
             "listen": front,
+            "waha_listen": free_port(),
             "reload": {"min_interval": 0.5, "max_delay": 2},
         },
         "status": {"bind": f"127.0.0.1:{status}"},

@@ -38,7 +38,12 @@ class Compose:
     def __init__(self, tmp_path: Path, version: str, config: dict[str, Any]):
         self.folder = tmp_path
         self.version = version
-        self.ports = {"front": free_port(), "status": free_port(), "redis": free_port()}
+        self.ports = {
+            "front": free_port(),
+            "waha": free_port(),
+            "status": free_port(),
+            "redis": free_port(),
+        }
         config_path = tmp_path / "config.yaml"
         config_path.write_text(yaml.safe_dump(config))
         override = {
@@ -53,6 +58,7 @@ class Compose:
             **os.environ,
             "REDIS_IMAGE": "chatscale-redis:offline",
             "FRONT_PORT": str(self.ports["front"]),
+            "WAHA_PORT": str(self.ports["waha"]),
             "STATUS_PORT": str(self.ports["status"]),
             "COMPOSE_PROJECT_NAME": "chatscale",
         }
@@ -64,6 +70,7 @@ class Compose:
             str(tmp_path / "override.yml"),
         ]
         self.front = f"http://127.0.0.1:{self.ports['front']}"
+        self.waha = f"http://127.0.0.1:{self.ports['waha']}"
         self.status = f"http://127.0.0.1:{self.ports['status']}"
         self.redis = f"redis://127.0.0.1:{self.ports['redis']}/0"
 

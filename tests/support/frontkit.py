@@ -96,6 +96,7 @@ def nginx_settings(folder: Path, **overrides: object) -> NginxSettings:
         "access_log": str(folder / "access.log"),
         "error_log": str(folder / "error.log"),
         "listen": free_port(),
+        "waha_listen": free_port(),
         "worker_processes": 2,
         "worker_shutdown_timeout": 5,
         "connect_timeout": 1,

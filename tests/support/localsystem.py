@@ -30,7 +30,8 @@ class LocalSystem:
     def __init__(self, folder: Path, redis_url: str, site: str, project: str, **sections: Any):
         self.folder = folder
         self.project = project
-        self.front_port, self.status_port, self.activator_port = (free_port() for _ in range(3))
+        ports = [free_port() for _ in range(4)]
+        self.front_port, self.status_port, self.activator_port, self.waha_port = ports
         self.config: dict[str, Any] = {
             "redis": {"url": redis_url},
             "shard": {
@@ -61,6 +62,7 @@ class LocalSystem:
                 "access_log": str(folder / "nginx" / "access.log"),
                 "error_log": str(folder / "nginx" / "error.log"),
                 "listen": self.front_port,
+                "waha_listen": self.waha_port,
                 "reload": {"min_interval": 0.2, "max_delay": 1},
                 "agent_interval": 0.5,
             },
@@ -81,6 +83,11 @@ class LocalSystem:
     @property
     def front(self) -> str:
         return f"http://127.0.0.1:{self.front_port}"
+
+    @property
+    def waha(self) -> str:
+        """The WAHA-compatible API's base URL."""
+        return f"http://127.0.0.1:{self.waha_port}"
 
     @property
     def status_url(self) -> str:

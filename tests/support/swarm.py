@@ -94,7 +94,12 @@ class Stack:
 
     def __init__(self, root: Path, folder: Path, config: dict[str, Any]) -> None:
         self.folder = folder
-        self.ports = {"front": free_port(), "status": free_port(), "redis": free_port()}
+        self.ports = {
+            "front": free_port(),
+            "waha": free_port(),
+            "status": free_port(),
+            "redis": free_port(),
+        }
         shutil.copy(root / "docker-stack.yml", folder / "docker-stack.yml")
         (folder / "config.yaml").write_text(yaml.safe_dump(config))
         published = {"protocol": "tcp", "mode": "host"}
@@ -115,9 +120,11 @@ class Stack:
             "HOME": str(Path.home()),
             "REDIS_IMAGE": "chatscale-redis:offline",
             "FRONT_PORT": str(self.ports["front"]),
+            "WAHA_PORT": str(self.ports["waha"]),
             "CONFIG_VERSION": str(int(time.time())),
         }
         self.front = f"http://127.0.0.1:{self.ports['front']}"
+        self.waha = f"http://127.0.0.1:{self.ports['waha']}"
         self.status = f"http://127.0.0.1:{self.ports['status']}"
         self.redis = f"redis://127.0.0.1:{self.ports['redis']}/0"
 

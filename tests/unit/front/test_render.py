@@ -55,7 +55,7 @@ def test_shards_listed_by_number_and_pools_by_flags() -> None:
     upstreams = re.findall(r"upstream (shard_\d+) \{", text)
     assert upstreams == ["shard_1", "shard_2", "shard_10"]
     ring = block(text, "upstream chatscale_ring")
-    assert "hash $session_id consistent;" in ring
+    assert "hash $chatscale_route_id consistent;" in ring
     assert re.findall(r"server (\S+);", ring) == [
         "chatscale-shard-2:8000",
         "chatscale-shard-10:8000",
