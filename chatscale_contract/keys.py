@@ -40,6 +40,11 @@ class Keys:
         """HASH registry record of one session: owner, fencing token, status, metadata."""
         return f"{self.prefix}session:{session_id}"
 
+    def messages_seen(self, session_id: str) -> str:
+        """ZSET of the messages (and acks) of one session already turned into events -> when;
+        outside `session:` so a scan for records never meets it."""
+        return f"{self.prefix}seen:{session_id}"
+
     @property
     def sessions(self) -> str:
         """ZSET of every session with a registry record -> its creation time: the fleet-wide

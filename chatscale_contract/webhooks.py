@@ -20,8 +20,12 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 SESSION_STATUS = "session.status"
-EVENTS = frozenset({SESSION_STATUS})
-"""Events chatscale emits today."""
+MESSAGE = "message"
+MESSAGE_ANY = "message.any"
+MESSAGE_ACK = "message.ack"
+EVENTS = frozenset({SESSION_STATUS, MESSAGE, MESSAGE_ANY, MESSAGE_ACK})
+"""Events chatscale emits: status changes, and for drivers that see them (whatsapp) incoming
+messages, messages in both directions, and acks of sent ones."""
 ENGINE = "chatscale"
 OUTBOX_MAXLEN = 100_000
 """The outbox keeps about this many newest events (trimmed on write): a deliverer that falls
@@ -131,6 +135,8 @@ class Event:
     """The fleet's own random value (Keys.outbox_salt): two fleets' events never share an id."""
     hooks: tuple[Webhook, ...] = ()
     """The session's own receivers, as they were when the event was written."""
+    me: str = ""
+    """The logged-in account's phone number, when known."""
 
     @classmethod
     def parse(cls, stream_id: str, fields: Mapping[str, str], salt: str = "") -> Event:
@@ -146,6 +152,7 @@ class Event:
                 fields.get("origin", ""),
                 salt,
                 tuple(stored_hooks(fields.get("hooks", ""))),
+                fields.get("me", ""),
             )
         except (KeyError, json.JSONDecodeError) as exc:
             raise ValueError(f"outbox entry {stream_id} is not an event: {exc}") from None
@@ -174,7 +181,7 @@ class Event:
             "event": self.event,
             "session": self.session,
             "metadata": self.metadata,
-            "me": None,
+            "me": {"id": f"{self.me}@c.us", "pushName": ""} if self.me else None,
             "payload": self.payload,
             "engine": ENGINE,
         }

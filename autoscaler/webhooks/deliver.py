@@ -238,6 +238,7 @@ class Deliverer:
             "hooks": hooks_text([webhook]) if webhook in event.hooks else "",
             "error": error,
             "attempts": str(webhook.retries.attempts),
+            "me": event.me,
         }
         await self.redis.xadd(self.keys.dead_letters, fields, maxlen=DEAD_MAXLEN, approximate=True)
         self.stats.dead += 1

@@ -13,7 +13,7 @@ from redis.exceptions import ResponseError
 from chatscale_contract.keys import Keys
 from chatscale_contract.webhooks import OUTBOX_MAXLEN
 
-_KEPT = ("event", "session", "payload", "metadata", "origin", "hooks")
+_KEPT = ("event", "session", "payload", "metadata", "origin", "hooks", "me")
 
 
 async def dead_letters(client: aioredis.Redis, keys: Keys, count: int = 100) -> dict[str, Any]:

@@ -7,14 +7,16 @@ Selectors live here and only here, because sites change them; each is overridabl
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from playwright.async_api import Page
 from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+from shard.messages import observer_script
 
 
 class DriverError(Exception):
@@ -41,8 +43,15 @@ class Selectors:
     """Present only once logged in (WhatsApp Web's chat list)."""
     compose: str = 'footer div[contenteditable="true"][data-tab="10"]'
     """The message box of an open chat; pressing Enter in it sends."""
-    message: str = "[data-id]"
-    """Sent-message bubbles; their data-id is returned as the message id."""
+    message: str = "#main [data-id]"
+    """Message bubbles of the open chat; a sent one's data-id is returned as the message id."""
+    observed: str = "[data-id]"
+    """Every message element the page renders (chat-list previews, bubbles), watched for
+    message events: data-id is WhatsApp's `<fromMe>_<chat>_<id>`."""
+    message_text: str = ".selectable-text"
+    """The text of a message, inside its element."""
+    ack: str = "[data-icon]"
+    """A sent message's ack icon, inside its element: aria-label Sent, Delivered or Read."""
 
     def merged(self, overrides: Mapping[str, str]) -> Selectors:
         unknown = set(overrides) - set(self.__dataclass_fields__)
@@ -70,6 +79,7 @@ class Driver(Protocol):
     async def send_text(self, page: Page, to: str, text: str) -> str: ...
     async def logout(self, page: Page) -> None: ...
     async def me(self, page: Page) -> str | None: ...
+    async def watch(self, page: Page, report: Callable[[Any], Awaitable[None]]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,9 @@ class WebDriver:
         """The logged-in account's phone number; a generic page does not say."""
         return None
 
+    async def watch(self, page: Page, report: Callable[[Any], Awaitable[None]]) -> None:
+        """Report messages the page shows to `report`; a generic page has none."""
+
 
 @dataclass(frozen=True)
 class WhatsAppDriver(WebDriver):
@@ -138,6 +151,12 @@ class WhatsAppDriver(WebDriver):
 
     async def logout(self, page: Page) -> None:
         await page.goto(f"{self.url}/logout", wait_until="domcontentloaded")
+
+    async def watch(self, page: Page, report: Callable[[Any], Awaitable[None]]) -> None:
+        """Before the first navigation: observer.js in every document of the page, reporting
+        message elements (`observed`) to `report` as they appear or change."""
+        await page.expose_function("__chatscale_messages", report)
+        await page.add_init_script(observer_script(asdict(self.selectors)))
 
     async def me(self, page: Page) -> str | None:
         """WhatsApp Web keeps the account's id in localStorage (`last-wid-md`, a JSON string

@@ -38,6 +38,11 @@ class ShardMetrics:
             "chatscale_shard_requests_forwarded", "Requests passed to the owning shard", registry=r
         )
         self.messages = Counter("chatscale_shard_messages_sent", "Messages sent", registry=r)
+        self.message_events = Counter(
+            "chatscale_shard_message_events",
+            "message / message.any / message.ack events written, from what pages showed",
+            registry=r,
+        )
         self.open_seconds = Histogram(
             "chatscale_shard_session_open_seconds",
             "Time to open a session's page",

@@ -31,28 +31,36 @@ from chatscale_contract.webhooks import OUTBOX_MAXLEN
 # atomic write, so no status is recorded without its webhook event (chatscale_contract.webhooks).
 # `reported` is the last status announced: one event per change, and none for the STARTING the
 # claim writes until the owner writes it again with the session's references.
-_EMIT = """
-local function emit_status(outbox, maxlen, skey, sid, status)
-  if redis.call('HGET', skey, 'reported') == status then return end
-  redis.call('HSET', skey, 'reported', status)
-  local ref = redis.call('HMGET', skey, 'workspace_id', 'account_id', 'error', 'webhooks',
-                        'name', 'metadata')
-  local payload = {status = status}
-  if status == 'FAILED' and ref[3] and ref[3] ~= '' then payload.error = ref[3] end
+EMIT_LUA = """
+local function emit_event(outbox, maxlen, skey, sid, event, payload)
+  local ref = redis.call('HMGET', skey, 'workspace_id', 'account_id', 'webhooks', 'name',
+                        'metadata', 'me')
   -- A WAHA client's own metadata first, then the ids chatscale knows the session by.
   local metadata = {}
-  if ref[6] and ref[6] ~= '' then metadata = cjson.decode(ref[6]) end
+  if ref[5] and ref[5] ~= '' then metadata = cjson.decode(ref[5]) end
   metadata.workspace_id = ref[1] or ''
   metadata.account_id = ref[2] or ''
   local name = sid
-  if ref[5] and ref[5] ~= '' then name = ref[5] end
-  local entry = {'event', 'session.status', 'session', name, 'payload', cjson.encode(payload),
+  if ref[4] and ref[4] ~= '' then name = ref[4] end
+  local entry = {'event', event, 'session', name, 'payload', payload,
                  'metadata', cjson.encode(metadata)}
-  if ref[4] and ref[4] ~= '' then
+  if ref[3] and ref[3] ~= '' then
     table.insert(entry, 'hooks')
-    table.insert(entry, ref[4])
+    table.insert(entry, ref[3])
+  end
+  if ref[6] and ref[6] ~= '' then
+    table.insert(entry, 'me')
+    table.insert(entry, ref[6])
   end
   redis.call('XADD', outbox, 'MAXLEN', '~', maxlen, '*', unpack(entry))
+end
+local function emit_status(outbox, maxlen, skey, sid, status)
+  if redis.call('HGET', skey, 'reported') == status then return end
+  redis.call('HSET', skey, 'reported', status)
+  local payload = {status = status}
+  local err = redis.call('HGET', skey, 'error')
+  if status == 'FAILED' and err and err ~= '' then payload.error = err end
+  emit_event(outbox, maxlen, skey, sid, 'session.status', cjson.encode(payload))
 end
 """
 
@@ -95,7 +103,7 @@ return {1, token}
 # Writes only if we still own the session under this token; a new status emits its event.
 # Returns 1 if written, 0 if fenced off.
 _FENCED_HSET = (
-    _EMIT
+    EMIT_LUA
     + """
 local rec = redis.call('HMGET', KEYS[1], 'owner', 'token')
 if rec[1] ~= ARGV[1] or rec[2] ~= ARGV[2] then return 0 end
@@ -129,13 +137,13 @@ if desired == 'running' then redis.call('SADD', KEYS[3], sid) end
 return 1
 """
 
-# KEYS: session, snapshot, my session set, orphans, index. ARGV: session, me, token.
+# KEYS: session, snapshot, my session set, orphans, index, messages seen. ARGV: session, me, token.
 # Forget a session entirely (DELETE, after logout).
 _FORGET = """
 local sid, me, token = ARGV[1], ARGV[2], ARGV[3]
 local rec = redis.call('HMGET', KEYS[1], 'owner', 'token')
 if rec[1] ~= me or rec[2] ~= token then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[6])
 redis.call('SREM', KEYS[3], sid)
 redis.call('SREM', KEYS[4], sid)
 redis.call('ZREM', KEYS[5], sid)
@@ -147,7 +155,7 @@ return 1
 # out of its (dead or our own) owner's set, so it holds no slot and keeps no shard from being
 # emptied. Returns 0 if a live shard other than us owns it.
 _MARK_STOPPED = (
-    _EMIT
+    EMIT_LUA
     + """
 local sid, me, now, head, tail = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local owner = redis.call('HGET', KEYS[1], 'owner') or ''
@@ -258,6 +266,7 @@ class Registry:
             k.shard_sessions(self.shard_id),
             k.orphans,
             k.sessions,
+            k.messages_seen(session_id),
         ]
         return bool(await self._forget(keys=keys, args=[session_id, self.shard_id, token]))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -24,12 +25,15 @@ from redis.exceptions import RedisError
 
 from shard.browser import BrowserHost
 from shard.drivers import DEFAULT_DRIVER, Driver, DriverError, PageState, make_driver
+from shard.messages import BadReport, Inbox, parse
 from shard.metrics import ShardMetrics
 from shard.registry import Registry
 from shard.settings import ShardSettings
 
 log = logging.getLogger(__name__)
 WATCH_INTERVAL = 1.0
+MESSAGE_RETRIES = 8
+"""Attempts to record what a page reported while Redis is away (about a minute in all)."""
 PROBE_FAILURES = 30
 """Consecutive failed page probes (one per WATCH_INTERVAL) after which the session FAILS: a
 navigation takes a few, an invalid selector fails every one."""
@@ -127,6 +131,7 @@ class SessionManager:
         self.registry = registry
         self.browser = browser
         self.metrics = metrics
+        self.inbox = Inbox(registry.redis, registry.keys)
         self.sessions: dict[str, LiveSession] = {}
         self.draining_since: float | None = None
         self._opening = asyncio.Semaphore(settings.restore_concurrency)
@@ -222,6 +227,7 @@ class SessionManager:
         session.context = await self.browser.new_context(state)
         session.page = await session.context.new_page()
         session.page.on("crash", lambda _page: self._reopen_later(session, "page crashed"))
+        await session.driver.watch(session.page, functools.partial(self._on_messages, session))
         await session.driver.open(session.page)
         self.metrics.open_seconds.observe(time.monotonic() - opened)
         if state is not None:
@@ -273,6 +279,25 @@ class SessionManager:
         if status != session.status:
             return await self._set_status(session, status)
         return True
+
+    async def _on_messages(self, session: LiveSession, report: object) -> None:
+        """What the page's observer saw: events for messages never announced (messages.py)."""
+        if self.sessions.get(session.id) is not session:
+            return  # a closed or replaced copy: the live one reports for itself
+        try:
+            batch = parse(report)
+        except BadReport as exc:
+            log.warning("session %s: page report dropped: %s", session.id, exc)
+            return
+        for attempt in range(MESSAGE_RETRIES):
+            try:
+                self.metrics.message_events.inc(
+                    await self.inbox.record(session.id, batch, session.me)
+                )
+                return
+            except RedisError as exc:  # held here for a moment; a reload would report it again
+                log.warning("session %s: messages not recorded yet: %s", session.id, exc)
+                await asyncio.sleep(min(2**attempt, 10))
 
     def _snapshot_due(self, session: LiveSession) -> bool:
         return time.time() - session.snapshot_at >= self.settings.snapshot_interval

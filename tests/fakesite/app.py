@@ -37,6 +37,10 @@ class PendingLogin:
     phone: str | None = None
 
 
+ACKS = {"server": 1, "device": 2, "read": 3}
+"""Delivery acks as WhatsApp counts them (1 sent to the server, 2 on the phone, 3 read)."""
+
+
 @dataclass
 class Message:
     id: str
@@ -44,6 +48,9 @@ class Message:
     to: str
     text: str
     at: float = field(default_factory=time.time)
+    ack: int = 1
+    version: int = 0
+    """The site's change counter when this message last changed (new, or a new ack)."""
 
 
 class ApiError(Exception):
@@ -78,6 +85,7 @@ class FakeState:
         self.sessions: dict[str, str] = {}  # token -> account phone
         self.revoked: set[str] = set()
         self.messages: list[Message] = []
+        self.version = 0
 
     def start_login(self) -> PendingLogin:
         now = self.clock()
@@ -138,13 +146,47 @@ class FakeState:
             raise ApiError(400, "empty message")
         to_phone = normalize_phone(to)
         message_id = f"true_{to_phone}@c.us_3EB0{secrets.token_hex(8).upper()}"
-        message = Message(message_id, sender, to_phone, text)
+        return self._add(Message(message_id, sender, to_phone, text))
+
+    def incoming(self, account: object, sender: object, text: object) -> Message:
+        """A contact writes to a logged-in account (as their phone would)."""
+        to_phone = normalize_phone(account)
+        if to_phone not in self.sessions.values():
+            raise ApiError(404, "no logged-in account has that phone number")
+        if not isinstance(text, str) or not text.strip():
+            raise ApiError(400, "empty message")
+        from_phone = normalize_phone(sender)
+        message_id = f"false_{from_phone}@c.us_3A{secrets.token_hex(9).upper()}"
+        return self._add(Message(message_id, from_phone, to_phone, text))
+
+    def acknowledge(self, message_id: object, ack: object) -> Message:
+        """The recipient's phone got (ack "device") or read (ack "read") a sent message."""
+        message = next((m for m in self.messages if m.id == message_id), None)
+        if message is None:
+            raise ApiError(404, "unknown message id")
+        if ack not in ACKS:
+            raise ApiError(400, f"ack must be one of {', '.join(ACKS)}")
+        if ACKS[str(ack)] > message.ack:
+            self.version += 1
+            message.ack, message.version = ACKS[str(ack)], self.version
+        return message
+
+    def _add(self, message: Message) -> Message:
+        self.version += 1
+        message.version = self.version
         self.messages.append(message)
         return message
 
     def history(self, token: object) -> list[Message]:
-        sender = self.account(token)
-        return [m for m in self.messages if m.sender == sender]
+        """The account's messages, both directions."""
+        phone = self.account(token)
+        return [m for m in self.messages if phone in (m.sender, m.to)]
+
+    def updates(self, token: object, since: int) -> dict[str, Any]:
+        """What changed for the account after change number `since` (the page polls this as
+        WhatsApp Web listens on its socket)."""
+        changed = [m for m in self.history(token) if m.version > since]
+        return {"version": self.version, "messages": [asdict(m) for m in changed]}
 
     def snapshot(self) -> dict[str, Any]:
         self.refresh()
@@ -227,7 +269,26 @@ async def post_message(request: web.Request) -> web.Response:
 
 async def list_messages(request: web.Request) -> web.Response:
     history = state_of(request).history(request.query.get("token"))
-    return web.json_response({"messages": [asdict(m) for m in history]})
+    version = state_of(request).version
+    return web.json_response({"messages": [asdict(m) for m in history], "version": version})
+
+
+async def updates(request: web.Request) -> web.Response:
+    since = request.query.get("since", "0")
+    if not since.isdigit():
+        raise ApiError(400, "since must be a whole number")
+    return web.json_response(state_of(request).updates(request.query.get("token"), int(since)))
+
+
+async def incoming(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    message = state_of(request).incoming(body.get("to"), body.get("from"), body.get("text"))
+    return web.json_response(asdict(message))
+
+
+async def acknowledge(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    return web.json_response(asdict(state_of(request).acknowledge(body.get("id"), body.get("ack"))))
 
 
 async def api_state(request: web.Request) -> web.Response:
@@ -250,5 +311,8 @@ def create_app(qr_rotate_seconds: float = 20.0) -> web.Application:
     app.router.add_post("/api/logout", logout)
     app.router.add_post("/api/messages", post_message)
     app.router.add_get("/api/messages", list_messages)
+    app.router.add_get("/api/updates", updates)
+    app.router.add_post("/api/incoming", incoming)
+    app.router.add_post("/api/ack", acknowledge)
     app.router.add_get("/api/state", api_state)
     return app

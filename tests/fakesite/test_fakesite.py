@@ -35,7 +35,7 @@ QR_CANVAS = 'canvas[aria-label="Scan me!"]'
 LOGGED_IN = "#pane-side"
 COMPOSE = 'footer div[contenteditable="true"][data-tab="10"]'
 SEND = 'span[data-icon="send"]'
-BUBBLE = "[data-id]"
+BUBBLE = "#main [data-id]"
 TIMEOUT_MS = 5000
 READ_IDB = """() => new Promise((resolve) => {
   const req = indexedDB.open("wa", 1);
@@ -242,6 +242,33 @@ async def test_send_records_message_and_shows_bubble(session: Session, site: str
         (session.phone, "447700900123", "second one"),
     ]
     await expect(page.locator(f'{LOGGED_IN} [data-chat="447700900123"]')).to_be_visible()
+
+
+async def test_incoming_messages_and_acks_reach_the_page(session: Session, site: str) -> None:
+    """A contact's message shows in the chat list (and in the open chat); a sent message's ack
+    changes its icon; the account's own id is in localStorage, as WhatsApp Web keeps it."""
+    page = session.page
+    wid = await page.evaluate("() => localStorage.getItem('last-wid-md')")
+    assert wid == f'"{session.phone}:7@c.us"'
+    body = {"to": session.phone, "from": "+49 151 0000 0001", "text": "hi there"}
+    status, got = await call("POST", f"{site}/api/incoming", body)
+    assert status == 200 and got["id"].startswith("false_4915100000001@c.us_"), got
+    preview = page.locator(f'{LOGGED_IN} [data-id="{got["id"]}"]')
+    await expect(preview).to_have_text("hi there")
+    await page.locator(f'{LOGGED_IN} [data-chat="4915100000001"]').click()
+    await expect(page.locator(BUBBLE)).to_have_count(1)
+
+    await page.locator(COMPOSE).fill("hello back")
+    await page.locator(COMPOSE).press("Enter")
+    await expect(page.locator(BUBBLE)).to_have_count(2)
+    sent = await page.locator(BUBBLE).nth(1).get_attribute("data-id")
+    icon = page.locator(f'#main [data-id="{sent}"] [data-icon]')
+    await expect(icon).to_have_attribute("aria-label", " Sent ")
+    assert (await call("POST", f"{site}/api/ack", {"id": sent, "ack": "read"}))[0] == 200
+    await expect(icon).to_have_attribute("aria-label", " Read ")
+    assert (await call("POST", f"{site}/api/ack", {"id": sent, "ack": "sideways"}))[0] == 400
+    nobody = {"to": "15550009999", "from": "4915100000001", "text": "x"}
+    assert (await call("POST", f"{site}/api/incoming", nobody))[0] == 404
 
 
 async def test_send_url_when_logged_out_shows_login(context: BrowserContext, site: str) -> None:

@@ -36,7 +36,15 @@ class Receiver:
     refused: int = 0
 
     def statuses(self, sid: str) -> list[str]:
-        return [e["payload"]["status"] for e in self.got if e["session"] == sid]
+        return [
+            e["payload"]["status"]
+            for e in self.got
+            if e["session"] == sid and e["event"] == "session.status"
+        ]
+
+    def messages(self, sid: str, event: str) -> list[dict[str, Any]]:
+        """Payloads of `event` (message, message.any, message.ack) for session `sid`."""
+        return [e["payload"] for e in self.got if e["session"] == sid and e["event"] == event]
 
 
 @pytest.fixture
