@@ -25,6 +25,7 @@ from shard.registry import Registry
 from shard.settings import ShardSettings
 from shard.state import SHARD, Shard
 from shard.waha.errors import waha_errors, waha_key
+from shard.waha.live import HUB, Hub
 from shard.waha.routes import routes as waha_routes
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def _resources(
         shard = Shard(settings, registry, browser, http)
         browser.on_crash = shard.manager.reopen_all
         app[SHARD] = shard
+        app[HUB] = Hub(client, registry.keys)
         await browser.start()
         await shard.beat_once()
         with contextlib.suppress(RedisError):  # the next shard to start tries again
@@ -83,6 +85,7 @@ def _resources(
             heartbeat.cancel()
             with contextlib.suppress(BaseException):
                 await heartbeat
+            await app[HUB].close()
             await shard.manager.close_all()
             await browser.stop()
             await http.close()

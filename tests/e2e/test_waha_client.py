@@ -52,7 +52,11 @@ def one_name_per_shard(ring: Ring) -> dict[str, str]:
     for n in range(1000):
         for name in (f"Sales{n}", f"support{n}"):
             owner = ring.owner(session_id(name))
-            if owner is not None and owner not in names and name[0].isupper() == (owner == "shard-1"):
+            if (
+                owner is not None
+                and owner not in names
+                and name[0].isupper() == (owner == "shard-1")
+            ):
                 names[owner] = name
         if len(names) == 2:
             return names
@@ -69,12 +73,18 @@ async def test_an_unmodified_waha_client_runs_sessions_on_two_shards(
         )
         names = one_name_per_shard(ring)
         client = AsyncWahaClient(system.waha, api_key=API_KEY, timeout=120)
-        async with aiohttp.ClientSession() as http:
+        live = f"{system.waha.replace('http', 'ws')}/ws?events=session.status&x-api-key={API_KEY}"
+        async with aiohttp.ClientSession() as http, http.ws_connect(live) as socket:
             try:
                 for shard, name in sorted(names.items()):
                     await lifecycle(client, http, site_url, name, shard)
             finally:
                 await client.close()
+            # The live socket, through nginx, saw both sessions' status changes.
+            streamed: set[tuple[str, str]] = set()
+            while not {(n, "WORKING") for n in names.values()} <= streamed:
+                event = await socket.receive_json(timeout=30)
+                streamed.add((event["session"], event["payload"]["status"]))
         await unauthorized(system)
         await asyncio.sleep(1.5)  # the access log is flushed every second
         assert_routed(system, ring, names)

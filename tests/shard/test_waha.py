@@ -148,3 +148,24 @@ async def wait_waha(api: Waha, name: str, status: str, timeout: float = 60) -> d
             return dict(last)
         await asyncio.sleep(0.25)
     raise TimeoutError(f"{name} did not reach {status}; last: {last}")
+
+
+async def test_the_live_socket_streams_events_as_webhooks_get_them(
+    fleet: ShardFleet, http: aiohttp.ClientSession
+) -> None:
+    shard = fleet.start("shard-1")
+    api = Waha(http, shard.url)
+    url = f"{shard.url}/waha/ws?session=Live&events=session.status&x-api-key={API_KEY}"
+    async with http.get(f"{shard.url}/waha/ws?events=nope&x-api-key={API_KEY}") as resp:
+        assert resp.status == 400 and "nope" in (await resp.json())["message"]
+    async with http.ws_connect(url) as socket:
+        code, _, _ = await api.waha("POST", "/api/sessions", {"name": "other"})
+        assert code == 201
+        code, _, _ = await api.waha("POST", "/api/sessions", {"name": "Live"})
+        assert code == 201
+        got = [await socket.receive_json(timeout=30) for _ in range(2)]
+    assert [(e["session"], e["event"], e["payload"]["status"]) for e in got] == [
+        ("Live", "session.status", "STARTING"),
+        ("Live", "session.status", "SCAN_QR_CODE"),
+    ]
+    assert got[0]["id"].startswith("evt_") and got[0]["engine"] == "chatscale"

@@ -34,6 +34,7 @@ from shard.waha.find import (
     spec_for,
     write_stopped,
 )
+from shard.waha.live import websocket
 from shard.waha.names import DEFAULT_NAME, session_id
 
 PREFIX = "/waha"
@@ -59,6 +60,7 @@ def routes() -> list[web.RouteDef]:
         web.post(f"{api}/sendText", send_text),
         web.get(f"{api}/version", version),
         web.get(f"{api}/server/version", version),
+        web.get(f"{PREFIX}/ws", websocket),
         web.route("*", f"{PREFIX}/{{tail:.*}}", unsupported),
     ]
 
