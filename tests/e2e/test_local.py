@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -15,7 +16,15 @@ import aiohttp
 import pytest
 import yaml
 from support.e2e import record_timings
-from support.procs import free_port, free_port_block, port_open, start, stop, wait_for
+from support.procs import (
+    free_port,
+    free_port_block,
+    kill_group,
+    port_open,
+    start,
+    stop,
+    wait_for,
+)
 from support.scenario import API_KEY, MAX_SESSIONS, Scenario, System, e2e_policy
 
 from autoscaler.runtimes.local import MARKER, shard_roots
@@ -108,7 +117,12 @@ async def test_run_local_end_to_end(site: str, tmp_path: Path, artifacts_dir: Pa
     finally:
         recorded = ours()
         proc.send_signal(signal.SIGINT)
-        proc.wait(90)
+        try:
+            proc.wait(90)
+        except subprocess.TimeoutExpired:
+            kill_group(proc)  # fail this test, and leave nothing running into the next one
+            proctree.kill(recorded)
+            raise
     wait_for(lambda: not proctree.alive(recorded), 30, "every shard process (and Chromium) to exit")
     assert not port_open(int(config["nginx"]["listen"])), "nginx still serving"
     assert not port_open(redis_port), "the redis-server run-local started still runs"
