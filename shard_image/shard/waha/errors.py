@@ -14,6 +14,7 @@ from shard.errors import Handler
 from shard.state import SHARD
 
 PREFIX = "/waha/"
+OPEN = "/waha/openapi.json"
 UNAUTHORIZED = {"message": "Unauthorized", "statusCode": 401}
 
 
@@ -30,7 +31,7 @@ async def waha_key(request: web.Request, handler: Handler) -> web.StreamResponse
     """WAHA clients send the key as X-Api-Key or ?x-api-key=; either must match. A key given in
     the query travels on as the header, so a forward to the owner shard carries it."""
     key = request.app[SHARD].settings.api_key
-    if not key or not request.path.startswith(PREFIX):
+    if not key or not request.path.startswith(PREFIX) or request.path == OPEN:
         return await handler(request)
     given = request.headers.get("X-Api-Key") or request.query.get("x-api-key", "")
     if not key_matches(given, key):

@@ -20,7 +20,7 @@ from shard.waha.names import NameTaken, NoSession, name_of, session_id
 _CONFIG_KEYS = {"metadata", "webhooks", "debug", "ignore", "client", "noweb", "gows", "webjs"}
 """`config` keys accepted. Beside metadata and webhooks they tune WAHA's own engines and mean
 nothing to a browser shard; they are accepted (a client sends them by default) and not kept."""
-_REFUSED_KEYS = {"proxy": "a per-session proxy", "apps": "apps"}
+_REFUSED_KEYS = {"proxy": "a per-session proxy"}
 _CHAT_ID = re.compile(r"^\+?([0-9]{5,20})(?:@c\.us|@s\.whatsapp\.net)?$")
 METADATA_MAX = 50
 
@@ -88,6 +88,15 @@ def spec_for(name: str, sid: str, config: object, base: SessionSpec | None = Non
         name="" if name == sid else name,
         metadata=metadata_from(config.get("metadata")),
     )
+
+
+def check_body(body: dict[str, Any], allowed: set[str]) -> None:
+    """Unknown fields, and WAHA apps (which chatscale does not have), are refused by name."""
+    unknown = set(body) - allowed - {"apps"}
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+    if body.get("apps"):
+        raise BadRequest("apps: chatscale does not support WAHA apps")
 
 
 def metadata_from(raw: object) -> dict[str, str]:

@@ -8,8 +8,12 @@ activator; their answer is then put in WAHA's form here.
 
 from __future__ import annotations
 
+import functools
 from importlib import metadata
+from pathlib import Path
+from typing import Any
 
+import yaml
 from aiohttp import web
 
 from shard.api import (
@@ -27,6 +31,7 @@ from shard.state import SHARD
 from shard.waha import views
 from shard.waha.find import (
     Found,
+    check_body,
     dto_body,
     find,
     live_record,
@@ -61,6 +66,7 @@ def routes() -> list[web.RouteDef]:
         web.get(f"{api}/version", version),
         web.get(f"{api}/server/version", version),
         web.get(f"{PREFIX}/ws", websocket),
+        web.get(f"{PREFIX}/openapi.json", openapi),
         web.route("*", f"{PREFIX}/{{tail:.*}}", unsupported),
     ]
 
@@ -88,9 +94,7 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 async def create(request: web.Request) -> web.StreamResponse:
     body, _ = await read_json(request)
-    unknown = set(body) - {"name", "start", "config", "apps"}
-    if unknown:
-        raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+    check_body(body, {"name", "start", "config"})
     name = body.get("name") or DEFAULT_NAME
     run = _flag(body.get("start", True), "start")
     spec = spec_for(name, session_id(name), body.get("config"))
@@ -122,8 +126,7 @@ async def update(request: web.Request) -> web.StreamResponse:
     if found.where.remote_owner is not None:
         return await elsewhere(request, found.where, found.sid)
     body, _ = await read_json(request)
-    if set(body) - {"config", "apps"}:
-        raise BadRequest(f"unknown field(s): {', '.join(sorted(set(body) - {'config', 'apps'}))}")
+    check_body(body, {"config"})
     shard = request.app[SHARD]
     local = found.where.local
     base = local.spec if local else SessionSpec.from_record(found.where.record)
@@ -262,6 +265,17 @@ async def version(request: web.Request) -> web.Response:
     except metadata.PackageNotFoundError:
         number = "unknown"
     return web.json_response({"version": number, "engine": "CHATSCALE", "tier": "CORE"})
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    """This API's OpenAPI document (shard/waha/openapi.yaml), read once."""
+    document: dict[str, Any] = yaml.safe_load(Path(__file__).with_name("openapi.yaml").read_text())
+    return document
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
 
 
 async def unsupported(request: web.Request) -> web.Response:
