@@ -163,3 +163,21 @@ def assert_routed(system: LocalSystem, ring: Ring, names: dict[str, str]) -> Non
             assert len(routed) >= 8, f"requests for {name} routed by its id: {routed}"
         else:
             assert not routed, "nginx cannot compute a hashed id"
+
+
+async def test_a_waha_create_wakes_the_fleet_from_zero(
+    tmp_path: Path, redis_url: str, site_url: str
+) -> None:
+    """No shard runs (min_shards 0): the create goes through the activator on the WAHA port as
+    on the main one, and is answered once a shard started, with no retry by the client."""
+    with local_system(tmp_path, redis_url, site_url, "wahawake") as system:
+        system.wait_front_holds()
+        assert system.status()["fleet"]["shards"] == 0
+        client = AsyncWahaClient(system.waha, api_key=API_KEY, timeout=120)
+        try:
+            created = await client.sessions.a_create({"name": "Woken"})
+            assert created["name"] == "Woken" and created["status"] == "STARTING", created
+            info = await client.sessions.a_get("Woken")
+            assert info["assignedWorker"] == "shard-1"
+        finally:
+            await client.close()
