@@ -26,6 +26,18 @@ MESSAGE_ACK = "message.ack"
 EVENTS = frozenset({SESSION_STATUS, MESSAGE, MESSAGE_ANY, MESSAGE_ACK})
 """Events chatscale emits: status changes, and for drivers that see them (whatsapp) incoming
 messages, messages in both directions, and acks of sent ones."""
+WAHA_ONLY_EVENTS = frozenset(
+    {
+        "message.reaction", "message.ack.group", "message.revoked", "message.edited",
+        "message.waiting", "state.change", "group.join", "group.leave", "group.v2.join",
+        "group.v2.leave", "group.v2.update", "group.v2.participants", "presence.update",
+        "poll.vote", "poll.vote.failed", "chat.archive", "call.received", "call.accepted",
+        "call.rejected", "label.upsert", "label.deleted", "label.chat.added",
+        "label.chat.deleted", "event.response", "event.response.failed", "engine.event",
+    }
+)  # fmt: skip
+"""WAHA's other events: a receiver may list them (WAHA clients subscribe to many by default);
+chatscale never sends them."""
 ENGINE = "chatscale"
 OUTBOX_MAXLEN = 100_000
 """The outbox keeps about this many newest events (trimmed on write): a deliverer that falls
@@ -40,7 +52,7 @@ def _check_url(value: str) -> str:
 
 
 def _check_events(value: list[str]) -> list[str]:
-    unknown = [e for e in value if e not in EVENTS and e != "*"]
+    unknown = [e for e in value if e not in EVENTS | WAHA_ONLY_EVENTS and e != "*"]
     if unknown:
         known = ", ".join(sorted(EVENTS))
         raise ValueError(f"unknown event(s) {', '.join(unknown)}; known: {known}, or *")

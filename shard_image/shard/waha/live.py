@@ -20,7 +20,7 @@ from aiohttp import WSCloseCode, web
 from redis.exceptions import RedisError
 
 from chatscale_contract.keys import Keys
-from chatscale_contract.webhooks import EVENTS, Event
+from chatscale_contract.webhooks import EVENTS, WAHA_ONLY_EVENTS, Event
 
 log = logging.getLogger(__name__)
 QUEUE = 1000
@@ -89,7 +89,7 @@ def _wanted(request: web.Request, name: str) -> set[str]:
 
 async def websocket(request: web.Request) -> web.StreamResponse:
     sessions, events = _wanted(request, "session"), _wanted(request, "events")
-    unknown = events - EVENTS - {"*"}
+    unknown = events - EVENTS - WAHA_ONLY_EVENTS - {"*"}
     if unknown:
         known = ", ".join(sorted(EVENTS))
         raise web.HTTPBadRequest(text=f"unknown event(s) {', '.join(sorted(unknown))}; {known}")

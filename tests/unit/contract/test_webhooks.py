@@ -107,7 +107,17 @@ def test_unparseable_entries_are_named() -> None:
 
 def test_receivers_pick_their_events() -> None:
     assert Webhook(url="http://a:1/x").wants("session.status")
+    assert not Webhook(url="http://a:1/x").wants("message")
     assert Webhook(url="http://a:1/x", events=["*"]).wants("message")
+    picky = Webhook(url="http://a:1/x", events=["message", "message.reaction"])
+    assert picky.wants("message") and not picky.wants("message.any")
+
+
+def test_wahas_other_events_may_be_listed_and_unknown_ones_not() -> None:
+    # WAHA clients subscribe to many events by default; chatscale never sends these.
+    assert session_hooks([{"url": "http://a:1/x", "events": ["group.join", "message.ack"]}])
+    with pytest.raises(ValueError, match="unknown event"):
+        session_hooks([{"url": "http://a:1/x", "events": ["mesage"]}])
 
 
 def test_bad_webhook_settings_name_key_and_line() -> None:
