@@ -117,7 +117,15 @@ def start(
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
             start_new_session=new_group,
+            preexec_fn=_default_sigint,
         )
+
+
+def _default_sigint() -> None:
+    """A test run started in the background (`cmd &` in a script) ignores SIGINT, and children
+    inherit that: a shell cannot even trap a signal ignored when it started. Children get the
+    default back, so a test's Ctrl-C reaches them as it would from a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def start_redis(
