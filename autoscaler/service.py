@@ -33,6 +33,7 @@ from autoscaler.activator.server import running
 from autoscaler.channel import listen
 from autoscaler.front.agent import AgentIdentity, FrontAgent
 from autoscaler.front.reload import LocalReloader
+from autoscaler.loop import auth
 from autoscaler.loop.daemon import Daemon
 from autoscaler.runtimes.base import RuntimeFailure
 from autoscaler.web.status import init_app
@@ -135,6 +136,9 @@ async def serve(config: Config, config_path: Path | None) -> int:
     """`autoscaler run`: passes, status server and signal handling until SIGTERM or SIGINT."""
     async with contextlib.AsyncExitStack() as stack:
         daemon = await stack.enter_async_context(Daemon(config, config_path))
+        stack.push_async_callback(
+            _cancel, asyncio.create_task(_publish_keys(daemon), name="publish keys")
+        )
         try:
             await daemon.runtime.check()
         except RuntimeFailure as exc:
@@ -178,7 +182,7 @@ async def serve(config: Config, config_path: Path | None) -> int:
         scheduler = AsyncIOScheduler(timezone=UTC)
         nudge = Nudger(scheduler)
         schedule_jobs(scheduler, daemon, nudge)
-        daemon.on_reload = lambda: schedule_jobs(scheduler, daemon, nudge)
+        daemon.on_reload = lambda: _reloaded(scheduler, daemon, nudge)
         scheduler.start()
         stack.callback(scheduler.shutdown, wait=False)
         # A shard that became full (or just started) publishes on the nudge channel.
@@ -189,6 +193,29 @@ async def serve(config: Config, config_path: Path | None) -> int:
         log.info("stopping (shards keep running)")
     log.info("stopped")
     return 0
+
+
+def _reloaded(scheduler: AsyncIOScheduler, daemon: Daemon, nudge: Nudger) -> None:
+    """A new config: new schedules, and its keys published (in the background)."""
+    schedule_jobs(scheduler, daemon, nudge)
+    task = asyncio.get_running_loop().create_task(_publish_keys(daemon), name="publish keys")
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _publish_keys(daemon: Daemon) -> None:
+    """The config's keys into Redis, retried until Redis answers (shards refuse every key
+    until then: they fail closed)."""
+    while True:
+        try:
+            await auth.publish(daemon.redis, daemon.keys, daemon.config)
+            return
+        except RedisError as exc:
+            log.warning("cannot publish the API keys yet: %s", exc)
+            await asyncio.sleep(2)
 
 
 @contextlib.asynccontextmanager

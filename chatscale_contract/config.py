@@ -370,6 +370,44 @@ class StatusSettings(Frozen):
     """If set, every status request must carry `Authorization: Bearer <token>` or `?token=`."""
 
 
+class ApiKey(Frozen):
+    """A key clients use at the front. Give `sha256` (of the key: `printf %s KEY | sha256sum`)
+    rather than `key` where config.yaml is not secret."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    key: str | None = Field(default=None, min_length=16)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    scope: Literal["admin", "tenant"] = "tenant"
+    prefix: str = Field(default="", max_length=63, pattern=r"^[a-z0-9_-]*$")
+    """Tenant: the session ids it may use start with this."""
+    workspace: str = Field(default="", max_length=128)
+    """Tenant: only sessions of this workspace (new ones get it)."""
+
+    @model_validator(mode="after")
+    def _complete(self) -> ApiKey:
+        if (self.key is None) == (self.sha256 is None):
+            raise ValueError("give one of key or sha256")
+        if self.scope == "tenant" and not (self.prefix or self.workspace):
+            raise ValueError("a tenant key needs a prefix or a workspace (or scope: admin)")
+        return self
+
+
+class AuthSettings(Frozen):
+    enabled: bool = True
+    """Requests need a key. false: anyone who reaches the front may do anything (warned about at
+    every start); only for a front nobody else can reach."""
+    keys: list[ApiKey] = Field(default_factory=list)
+    """Keys from config (more through the API). With none, and none in Redis, the first start
+    generates an admin key, logs it once and shows it on the status page."""
+
+    @model_validator(mode="after")
+    def _unique(self) -> AuthSettings:
+        names = [k.name for k in self.keys]
+        if len(names) != len(set(names)):
+            raise ValueError("auth.keys: names must be unique")
+        return self
+
+
 class Config(Frozen):
     redis: RedisSettings = RedisSettings()
     shard: ShardSettings = ShardSettings()
@@ -382,6 +420,7 @@ class Config(Frozen):
     status: StatusSettings = StatusSettings()
     webhooks: list[Webhook] = Field(default_factory=list)
     """Receivers of every session's events (session.status), delivered by the leader."""
+    auth: AuthSettings = AuthSettings()
 
     @model_validator(mode="after")
     def _swarm_needs_a_network(self) -> Config:

@@ -46,6 +46,22 @@ class Keys:
         return f"{self.prefix}seen:{session_id}"
 
     @property
+    def api_keys(self) -> str:
+        """HASH SHA-256 of an API key -> its grant (chatscale_contract.auth.Grant, JSON)."""
+        return f"{self.prefix}auth:keys"
+
+    @property
+    def auth_mode(self) -> str:
+        """STRING `keys` or `off`, set by the autoscaler at start (config `auth.enabled`)."""
+        return f"{self.prefix}auth:mode"
+
+    @property
+    def generated_key(self) -> str:
+        """STRING the admin key the first autoscaler generated when config.yaml named none;
+        shown on the (loopback) status page, so that whoever runs the system can read it."""
+        return f"{self.prefix}auth:generated"
+
+    @property
     def sessions(self) -> str:
         """ZSET of every session with a registry record -> its creation time: the fleet-wide
         list (claim adds, forget removes)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from autoscaler.activator.gate import Gate
 from autoscaler.activator.hold import Activator, Answer, Held, Record, Unreachable
 from autoscaler.activator.watch import FleetWatch
 from autoscaler.metrics import Metrics
@@ -105,9 +107,12 @@ def _route_address(redis_url: str) -> str:
         return socket.gethostbyname(socket.gethostname())
 
 
-def app(activator: Activator, max_body: int) -> web.Application:
+def app(activator: Activator, max_body: int, gate: Gate | None = None) -> web.Application:
     async def handle(request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if gate is not None and not await gate.admits(_key_of(request, body)):
+            refused = {"error": "missing or wrong X-Api-Key", "status": 401}
+            return web.json_response(refused, status=401)
         sid = routed_session_id(request.path, request.headers, request.query)
         held = Held(request.method, request.path_qs, dict(request.headers), body, sid)
         answer = await activator.hold(held)
@@ -116,6 +121,15 @@ def app(activator: Activator, max_body: int) -> web.Application:
     application = web.Application(client_max_size=max_body)
     application.router.add_route("*", "/{tail:.*}", handle)
     return application
+
+
+def _key_of(request: web.Request, body: bytes) -> str:
+    """X-Api-Key; on the WAHA surface ?x-api-key=; in the older create form, `api_key`."""
+    given = request.headers.get("X-Api-Key") or request.query.get("x-api-key", "")
+    if not given and request.method == "POST" and request.path == "/api/sessions":
+        with contextlib.suppress(ValueError, AttributeError):
+            given = str(json.loads(body).get("api_key", ""))
+    return given
 
 
 @contextlib.asynccontextmanager
@@ -131,7 +145,8 @@ async def running(
         config.activator, watch, sender, recorder(client, keys, clock, me), metrics, clock
     )
     # On the way out, held requests get a moment; nginx answers the rest 503 + Retry-After.
-    application = app(activator, parse_size(config.nginx.client_max_body_size))
+    gate = Gate(client, keys, config.shard.env.get("API_KEY", ""))
+    application = app(activator, parse_size(config.nginx.client_max_body_size), gate)
     runner = web.AppRunner(application, access_log=None, shutdown_timeout=5)
     await runner.setup()
     host, _, port = config.activator.bind.rpartition(":")

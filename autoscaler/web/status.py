@@ -242,10 +242,25 @@ def route(daemon: Daemon, session_id: str) -> dict[str, Any]:
     }
 
 
+async def access(daemon: Daemon) -> dict[str, Any]:
+    """Whether keys are required, how many there are, and the generated admin key if the
+    first start made one (this page is for whoever runs the system: loopback, or a token)."""
+    try:
+        async with daemon.redis.pipeline(transaction=False) as pipe:
+            pipe.get(daemon.keys.auth_mode)
+            pipe.hlen(daemon.keys.api_keys)
+            pipe.get(daemon.keys.generated_key)
+            mode, count, generated = await pipe.execute()
+    except RedisError as exc:
+        return {"error": str(exc)}
+    return {"mode": mode, "keys": count, "generated_key": generated}
+
+
 async def page(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     data = status(daemon, request.app.get(ACTIVATOR))
     data["webhooks"] = await summary(daemon, request.app.get(DELIVERER), 10)
+    data["auth"] = await access(daemon)
     lookup = None
     if "session" in request.query:
         try:
@@ -268,6 +283,7 @@ async def status_json(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
     data = status(daemon, request.app.get(ACTIVATOR))
     data["webhooks"] = await summary(daemon, request.app.get(DELIVERER))
+    data["auth"] = await access(daemon)
     try:
         data["events"] = [e.as_dict() for e in await daemon.events.recent(50)]
     except RedisError as exc:

@@ -7,9 +7,8 @@ are placed on the session's ring owner, or the next shard clockwise with room.
 from __future__ import annotations
 
 import functools
-import hmac
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,15 @@ from redis.exceptions import RedisError
 from chatscale_contract.hops import FORWARDED_BY
 from chatscale_contract.ids import InvalidSessionId, check_session_id
 from chatscale_contract.webhooks import hooks_text, session_hooks
+from shard.access import (
+    GRANT,
+    Forbidden,
+    check_admin,
+    check_name,
+    check_seen,
+    scoped,
+    workspace_for,
+)
 from shard.catalog import BadQuery, Catalog, query_from
 from shard.drivers import DEFAULT_DRIVER, MAX_TEXT, DriverError, Unsupported
 from shard.errors import Handler, json_error
@@ -32,6 +40,9 @@ from shard.waha.names import BadName, NameTaken, NoSession
 from shard.waha.names import session_id as waha_id
 
 _OPEN_PATHS = {"/health", "/metrics", "/openapi.json"}
+WAHA_DOCUMENT = "/waha/openapi.json"
+WAHA_UNAUTHORIZED = {"message": "Unauthorized", "statusCode": 401}
+"""WAHA's own 401 body, which its clients expect."""
 _SPEC_KEYS = {"driver", "options", "workspace_id", "account_id", "webhooks", "name", "metadata"}
 _REF_MAX = 128
 
@@ -71,6 +82,8 @@ async def bad_requests(request: web.Request, handler: Handler) -> web.StreamResp
         return json_error(400, str(exc))
     except NoSession as exc:
         return json_error(404, str(exc))
+    except Forbidden as exc:
+        return json_error(403, str(exc))
     except NameTaken as exc:
         return json_error(409, str(exc))
     except Unsupported as exc:
@@ -88,13 +101,24 @@ async def bad_requests(request: web.Request, handler: Handler) -> web.StreamResp
 
 @web.middleware
 async def api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """X-Api-Key, compared in constant time; the older POST form may carry it in the body."""
-    key = request.app[SHARD].settings.api_key
+    """The grant of the request's key (access.py): X-Api-Key, on the WAHA surface also
+    ?x-api-key=. No grant: 401 (the older POST form may carry its key in the body instead)."""
+    if request.path in _OPEN_PATHS or request.path == WAHA_DOCUMENT:
+        return await handler(request)
+    waha = request.path.startswith("/waha/")
+    given = request.headers.get("X-Api-Key", "")
+    if waha and not given and request.query.get("x-api-key"):
+        given = request.query["x-api-key"]
+        # On as the header, so a forward to the owner (maybe by another path) carries it.
+        request = request.clone(headers={**request.headers, "X-Api-Key": given})
+    grant = request.app[SHARD].keyring.grant_for(given)
     legacy_create = request.method == "POST" and request.path == "/api/sessions"
-    waha = request.path.startswith("/waha/")  # checked in WAHA's own way (shard/waha/errors.py)
-    checked = key and request.path not in _OPEN_PATHS and not legacy_create and not waha
-    if checked and not key_matches(request.headers.get("X-Api-Key", ""), key):
+    if grant is None and not legacy_create:
+        if waha:
+            return web.json_response(WAHA_UNAUTHORIZED, status=401)
         return json_error(401, "missing or wrong X-Api-Key")
+    if grant is not None:
+        request[GRANT] = grant
     return await handler(request)
 
 
@@ -103,10 +127,6 @@ async def shard_header(request: web.Request, handler: Handler) -> web.StreamResp
     response = await handler(request)
     response.headers.setdefault("X-Shard-Id", request.app[SHARD].settings.shard_id)
     return response
-
-
-def key_matches(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 # --- request parsing ------------------------------------------------------------------------
@@ -127,7 +147,9 @@ async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
 
 
 def path_id(request: web.Request) -> str:
-    return check_session_id(request.match_info["id"])
+    sid = check_session_id(request.match_info["id"])
+    check_name(request, sid)
+    return sid
 
 
 def spec_from(body: dict[str, Any]) -> SessionSpec:
@@ -206,6 +228,16 @@ class Where:
     """Another live shard that owns it."""
 
 
+async def visible(request: web.Request, sid: str) -> Where:
+    """Where the session is, once the request's key may see it (NoSession if it may not)."""
+    where = await locate(request.app[SHARD], sid)
+    if where.local is not None:
+        check_seen(request, sid, where.local.spec.workspace_id)
+    else:
+        check_seen(request, sid, where.record.get("workspace_id", "") if where.record else None)
+    return where
+
+
 async def locate(shard: Shard, sid: str) -> Where:
     if sid in shard.manager.sessions:
         return Where(shard.manager.sessions[sid], {}, None)
@@ -269,7 +301,7 @@ async def list_sessions(request: web.Request) -> web.Response:
     """Every session of the fleet (from the registry), filtered and paged: the same answer
     whichever shard gives it."""
     shard = request.app[SHARD]
-    query = query_from(request.query)
+    query = scoped(request, query_from(request.query))
     page = await Catalog(shard.registry.redis, shard.registry.keys).page(query)
     after = query.offset + len(page.records)
     return web.json_response(
@@ -286,6 +318,7 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 async def local_sessions(request: web.Request) -> web.Response:
     """The sessions this shard has open now (browser contexts), for operators and tests."""
+    check_admin(request)
     shard = request.app[SHARD]
     views = [live_view(shard, s) for s in shard.manager.sessions.values()]
     return web.json_response({"shard": shard.settings.shard_id, "sessions": views})
@@ -304,10 +337,14 @@ async def create_legacy(request: web.Request) -> web.StreamResponse:
     """The older client form: POST /api/sessions {session_id, workspace_id, account_id, api_key}."""
     shard = request.app[SHARD]
     body, _ = await read_json(request)
-    given = request.headers.get("X-Api-Key") or str(body.pop("api_key", ""))
-    if shard.settings.api_key and not key_matches(given, shard.settings.api_key):
-        return json_error(401, "missing or wrong api_key")
+    given = str(body.pop("api_key", ""))
+    if GRANT not in request:
+        grant = shard.keyring.grant_for(given)
+        if grant is None:
+            return json_error(401, "missing or wrong api_key")
+        request[GRANT] = grant
     sid = check_session_id(body.pop("session_id", None))
+    check_name(request, sid)
     return await ensure_started(request, sid, spec_from(body))
 
 
@@ -316,12 +353,14 @@ async def ensure_started(
 ) -> web.StreamResponse:
     """Create or start `sid` where it belongs; idempotent."""
     shard = request.app[SHARD]
-    where = await locate(shard, sid)
+    where = await visible(request, sid)
     if where.local is not None:
         return web.json_response(live_view(shard, where.local))
     if where.remote_owner is not None:
         return await elsewhere(request, where, sid)
     spec = spec or (SessionSpec.from_record(where.record) if where.record else SessionSpec())
+    if not where.record:
+        spec = replace(spec, workspace_id=workspace_for(request, spec.workspace_id))
     try:
         shard.manager.build(spec)  # validate before claiming anything
     except DriverError as exc:
@@ -387,7 +426,7 @@ async def refuse(request: web.Request, sid: str) -> web.Response:
 async def get_session(request: web.Request) -> web.StreamResponse:
     shard = request.app[SHARD]
     sid = path_id(request)
-    where = await locate(shard, sid)
+    where = await visible(request, sid)
     if where.local is not None:
         return web.json_response(live_view(shard, where.local))
     if where.remote_owner is None and where.record:
@@ -398,7 +437,7 @@ async def get_session(request: web.Request) -> web.StreamResponse:
 async def stop_session(request: web.Request) -> web.StreamResponse:
     shard = request.app[SHARD]
     sid = path_id(request)
-    where = await locate(shard, sid)
+    where = await visible(request, sid)
     if where.local is not None:
         session = await shard.manager.stop(sid)
         return web.json_response(live_view(shard, session))
@@ -411,7 +450,7 @@ async def stop_session(request: web.Request) -> web.StreamResponse:
 async def delete_session(request: web.Request) -> web.StreamResponse:
     shard = request.app[SHARD]
     sid = path_id(request)
-    where = await locate(shard, sid)
+    where = await visible(request, sid)
     if where.local is not None:
         await shard.manager.delete(sid)
         return web.json_response({"id": sid, "deleted": True})
@@ -428,10 +467,11 @@ async def get_qr(request: web.Request) -> web.StreamResponse:
     fmt = request.query.get("format", "png")
     if fmt not in ("png", "raw"):
         raise BadRequest("format must be 'png' or 'raw'")
+    where = await visible(request, sid)
     try:
         raw, png = await shard.manager.qr(sid, image=fmt == "png")
     except NotHere:
-        return await elsewhere(request, await locate(shard, sid), sid)
+        return await elsewhere(request, where, sid)
     if fmt == "raw":
         return web.json_response({"id": sid, "qr": raw})
     return web.Response(body=png, content_type="image/png")
@@ -440,18 +480,20 @@ async def get_qr(request: web.Request) -> web.StreamResponse:
 async def get_screenshot(request: web.Request) -> web.StreamResponse:
     shard = request.app[SHARD]
     sid = path_id(request)
+    where = await visible(request, sid)
     try:
         png = await shard.manager.screenshot(sid)
     except NotHere:
-        return await elsewhere(request, await locate(shard, sid), sid)
+        return await elsewhere(request, where, sid)
     return web.Response(body=png, content_type="image/png")
 
 
 async def send_message(request: web.Request) -> web.StreamResponse:
     shard = request.app[SHARD]
     sid = path_id(request)
-    if sid not in shard.manager.sessions:
-        return await elsewhere(request, await locate(shard, sid), sid)
+    where = await visible(request, sid)
+    if where.local is None:
+        return await elsewhere(request, where, sid)
     body, _ = await read_json(request)
     to, text = body.get("to"), body.get("text")
     if not isinstance(to, str) or not to:
@@ -463,12 +505,14 @@ async def send_message(request: web.Request) -> web.StreamResponse:
 
 
 async def drain(request: web.Request) -> web.Response:
+    check_admin(request)
     shard = request.app[SHARD]
     shard.start_drain()
     return web.json_response({"shard": shard.settings.shard_id, "state": shard.state}, status=202)
 
 
 async def undrain(request: web.Request) -> web.Response:
+    check_admin(request)
     shard = request.app[SHARD]
     await shard.cancel_drain()
     return web.json_response({"shard": shard.settings.shard_id, "state": shard.state})

@@ -21,10 +21,11 @@ from shard.api import api_key, bad_requests, routes, shard_header
 from shard.browser import BrowserHost
 from shard.catalog import Catalog
 from shard.errors import errors_as_json
+from shard.keyadmin import routes as key_routes
 from shard.registry import Registry
 from shard.settings import ShardSettings
 from shard.state import SHARD, Shard
-from shard.waha.errors import waha_errors, waha_key
+from shard.waha.errors import waha_errors
 from shard.waha.live import HUB, Hub
 from shard.waha.routes import routes as waha_routes
 
@@ -38,10 +39,11 @@ REDIS_TIMEOUT = 5.0
 def init_app(settings: ShardSettings) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY,
-        middlewares=[shard_header, waha_errors, errors_as_json, bad_requests, waha_key, api_key],
+        middlewares=[shard_header, waha_errors, errors_as_json, bad_requests, api_key],
     )
     app["max_body"] = MAX_BODY
     app.add_routes(routes())
+    app.add_routes(key_routes())
     app.add_routes(waha_routes())
     app.cleanup_ctx.append(_resources(settings))
     return app

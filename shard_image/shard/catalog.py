@@ -39,6 +39,8 @@ class Query:
     account_id: str | None = None
     limit: int = 100
     offset: int = 0
+    prefix: str = ""
+    """Only ids starting with this (a tenant key's sessions)."""
 
     def matches(self, record: dict[str, str]) -> bool:
         if self.statuses and record.get("status", "STOPPED") not in self.statuses:
@@ -101,7 +103,7 @@ class Catalog:
             chunk = ids[start : start + CHUNK]
             for sid, record in zip(chunk, await self._records(chunk), strict=True):
                 # A record gone between the two reads (deleted just now) is not listed.
-                if record and query.matches(record):
+                if record and sid.startswith(query.prefix) and query.matches(record):
                     matching.append((sid, record))
         end = query.offset + query.limit
         return Page(matching[query.offset : end], len(matching))

@@ -16,7 +16,9 @@ import aiohttp
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from chatscale_contract.auth import Keyring
 from chatscale_contract.beat import Beat, ReportedState
+from shard.access import load_keyring
 from shard.browser import BrowserHost
 from shard.memory import MemoryUse, measure
 from shard.metrics import ShardMetrics
@@ -50,6 +52,8 @@ class Shard:
         self.boot = f"{int(self.started_at * 1000):x}"
         self.memory = MemoryUse(0, 0, "unknown")
         self.fenced = False
+        self.keyring = Keyring(None, {}, settings.api_key)
+        """Refreshed after every heartbeat (access.py); until the first, only API_KEY counts."""
         """True while the lease is lost and every session has been closed."""
         self.restored = False
         """True once the sessions Redis says are ours have been reopened."""
@@ -104,6 +108,9 @@ class Shard:
 
     async def _after_beat(self) -> None:
         try:
+            self.keyring = await load_keyring(
+                self.registry.redis, self.registry.keys, self.settings.api_key
+            )
             if not self.restored:
                 # At start, and after the lease was lost: reopen what is still ours. Retried
                 # on every heartbeat until it succeeds.

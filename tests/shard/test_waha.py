@@ -79,6 +79,12 @@ async def test_names_map_to_ids_without_collisions(
     assert code == 200 and listed == [], "stopped sessions only with ?all=true"
     code, listed, _ = await api.waha("GET", "/api/sessions?all=true")
     assert sorted(s["name"] for s in listed) == ["SALES_EU", "Sales_EU", "sales_eu"]
+    code, listed, _ = await api.waha("GET", "/api/sessions?all=true&limit=2&offset=1")
+    assert [s["name"] for s in listed] == ["SALES_EU", "sales_eu"], "oldest first, paged"
+    code, listed, _ = await api.waha("GET", "/api/sessions?status=STOPPED")
+    assert len(listed) == 3
+    code, body, _ = await api.waha("GET", "/api/sessions?status=ASLEEP")
+    assert code == 400 and "status" in body["message"]
     code, body, _ = await api.waha("POST", "/api/sessions", {"name": "Sales_EU"})
     assert code == 422 and "already exists" in body["message"]
     code, body, _ = await api.waha("DELETE", "/api/sessions/SALES_EU")

@@ -11,10 +11,11 @@ from typing import Any
 from aiohttp import web
 
 from chatscale_contract.webhooks import hooks_text, session_hooks
-from shard.api import BadRequest, Where, locate
+from shard.access import check_name
+from shard.api import BadRequest, Where, visible
 from shard.registry import Registry
 from shard.sessions import LiveSession, SessionSpec
-from shard.state import SHARD, Shard
+from shard.state import Shard
 from shard.waha.names import NameTaken, NoSession, name_of, session_id
 
 _CONFIG_KEYS = {"metadata", "webhooks", "debug", "ignore", "client", "noweb", "gows", "webjs"}
@@ -35,9 +36,9 @@ class Found:
 async def find(request: web.Request, name: str, *, must_exist: bool = True) -> Found:
     """The session called `name`, wherever it lives. NoSession when there is none (and
     `must_exist`); NameTaken when the id is another name's."""
-    shard = request.app[SHARD]
     sid = session_id(name)
-    where = await locate(shard, sid)
+    check_name(request, sid)
+    where = await visible(request, sid)
     if where.local is not None:
         known = where.local.spec.name or sid
     elif where.record:

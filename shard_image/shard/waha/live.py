@@ -19,8 +19,11 @@ import redis.asyncio as aioredis
 from aiohttp import WSCloseCode, web
 from redis.exceptions import RedisError
 
+from chatscale_contract.auth import Grant
 from chatscale_contract.keys import Keys
 from chatscale_contract.webhooks import EVENTS, WAHA_ONLY_EVENTS, Event
+from shard.access import grant_of
+from shard.waha.names import BadName, session_id
 
 log = logging.getLogger(__name__)
 QUEUE = 1000
@@ -93,7 +96,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if unknown:
         known = ", ".join(sorted(EVENTS))
         raise web.HTTPBadRequest(text=f"unknown event(s) {', '.join(sorted(unknown))}; {known}")
-    hub = request.app[HUB]
+    hub, grant = request.app[HUB], grant_of(request)
     socket = web.WebSocketResponse(heartbeat=30)
     await socket.prepare(request)
     async with hub.subscribe() as queue:
@@ -104,8 +107,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                     event = await asyncio.wait_for(queue.get(), timeout=1)
                 except TimeoutError:
                     continue
-                if ("*" in sessions or event.session in sessions) and (
-                    "*" in events or event.event in events
+                if (
+                    ("*" in sessions or event.session in sessions)
+                    and ("*" in events or event.event in events)
+                    and _may_see(grant, event)
                 ):
                     await socket.send_str(event.body().decode())
             if queue not in hub.queues:
@@ -113,6 +118,17 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         finally:
             drain.cancel()
     return socket
+
+
+def _may_see(grant: Grant, event: Event) -> bool:
+    """A tenant key's socket gets its own sessions' events only."""
+    if grant.admin:
+        return True
+    try:
+        sid = session_id(event.session)
+    except BadName:
+        return False
+    return grant.may_see(sid, str(event.metadata.get("workspace_id", "")))
 
 
 async def _ignore_incoming(socket: web.WebSocketResponse) -> None:

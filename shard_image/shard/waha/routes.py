@@ -9,6 +9,7 @@ activator; their answer is then put in WAHA's form here.
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from shard.access import scoped, workspace_for
 from shard.api import (
     BadRequest,
     elsewhere,
@@ -24,7 +26,7 @@ from shard.api import (
     read_json,
     start_here,
 )
-from shard.catalog import Catalog, Query
+from shard.catalog import STATUSES, Catalog, query_from
 from shard.errors import json_error
 from shard.sessions import NotHere, SessionSpec
 from shard.state import SHARD
@@ -75,21 +77,20 @@ def routes() -> list[web.RouteDef]:
 
 
 async def list_sessions(request: web.Request) -> web.Response:
-    """Every session of the fleet, as WAHA lists them (STOPPED ones only with ?all=true)."""
-    unknown = set(request.query) - {"all", "expand", "x-api-key"}
-    if unknown:
-        raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(unknown))} (all)")
-    everything = _flag(request.query.get("all", "false"), "all")
+    """Every session of the fleet, as WAHA lists them (STOPPED ones only with ?all=true). Beside
+    WAHA's `all`, chatscale's filters and paging work here too (`status`, `workspace_id`,
+    `account_id`, `limit`, `offset`); without `limit`, every session."""
+    own = {k: v for k, v in request.query.items() if k not in ("all", "expand", "x-api-key")}
+    query = query_from(own)
+    if "limit" not in own:
+        query = replace(query, limit=1 << 30)
+    query = scoped(request, query)
+    if not _flag(request.query.get("all", "false"), "all") and not query.statuses:
+        query = replace(query, statuses=STATUSES - {"STOPPED"})
     shard = request.app[SHARD]
     catalog = Catalog(shard.registry.redis, shard.registry.keys, LIST_FIELDS)
-    page = await catalog.page(Query(limit=1 << 30))
-    return web.json_response(
-        [
-            views.session_info(sid, record)
-            for sid, record in page.records
-            if everything or record.get("status", "STOPPED") != "STOPPED"
-        ]
-    )
+    page = await catalog.page(query)
+    return web.json_response([views.session_info(sid, record) for sid, record in page.records])
 
 
 async def create(request: web.Request) -> web.StreamResponse:
@@ -98,6 +99,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     name = body.get("name") or DEFAULT_NAME
     run = _flag(body.get("start", True), "start")
     spec = spec_for(name, session_id(name), body.get("config"))
+    spec = replace(spec, workspace_id=workspace_for(request, ""))
     found = await find(request, name, must_exist=False)
     if found.where.local or found.where.record or found.where.remote_owner:
         return json_error(422, f"session {name!r} already exists")
