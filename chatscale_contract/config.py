@@ -126,6 +126,12 @@ class ShardSettings(Frozen):
     """Seconds a stopping shard gets to snapshot its sessions before it is killed."""
     boot_timeout: PositiveInt = 90
     """Seconds a new shard may take to send its first heartbeat before it counts as dead."""
+    egress_allow: list[str] = Field(
+        default_factory=lambda: ["web.whatsapp.com", "*.whatsapp.com", "*.whatsapp.net"]
+    )
+    """Hosts the browsers may reach (`name`, `*.domain`, each with an optional `:port`); the
+    site of WHATSAPP_URL always. Loopback, private and link-local addresses only when listed
+    exactly. Enforced by a proxy every browser connection goes through (shard/egress.py)."""
 
 
 class HeartbeatSettings(Frozen):

@@ -79,6 +79,7 @@ def shard_env(config: Config, shard_id: str, addr: str, port: int) -> dict[str, 
         "HEARTBEAT_TIMEOUT": f"{config.heartbeat.timeout:g}",
         "MEMORY_HIGH_WATERMARK": f"{config.policy.memory_high_watermark:g}",
         "STOP_TIMEOUT": str(config.shard.stop_timeout),
+        "EGRESS_ALLOW": ",".join(config.shard.egress_allow),
     }
 
 

@@ -20,6 +20,7 @@ from chatscale_contract.keys import Keys
 from shard.api import api_key, bad_requests, routes, shard_header
 from shard.browser import BrowserHost
 from shard.catalog import Catalog
+from shard.egress import Guard, Policy
 from shard.errors import errors_as_json
 from shard.keyadmin import routes as key_routes
 from shard.registry import Registry
@@ -65,7 +66,12 @@ def _resources(
             client, Keys(settings.key_prefix), settings.shard_id, settings.max_sessions
         )
         http = aiohttp.ClientSession(timeout=FORWARD_TIMEOUT)
-        browser = BrowserHost(settings.browser_executable, settings.headless)
+        guard = Guard(Policy.of(settings.egress_allow, settings.whatsapp_url))
+        await guard.start()
+        if not settings.egress_guard:
+            log.warning("EGRESS_GUARD=0: the browsers may reach any address, this network's too")
+        proxy = guard.address if settings.egress_guard else None
+        browser = BrowserHost(settings.browser_executable, settings.headless, proxy=proxy)
         shard = Shard(settings, registry, browser, http)
         browser.on_crash = shard.manager.reopen_all
         app[SHARD] = shard
@@ -90,6 +96,7 @@ def _resources(
             await app[HUB].close()
             await shard.manager.close_all()
             await browser.stop()
+            await guard.stop()
             await http.close()
             await client.aclose()
 

@@ -43,9 +43,12 @@ class BrowserHost:
         executable: str,
         headless: bool = True,
         on_crash: Callable[[], Coroutine[Any, Any, None]] | None = None,
+        proxy: str | None = None,
     ):
         self.executable = executable
         self.headless = headless
+        self.proxy = proxy
+        """The egress guard (shard/egress.py) every browser connection goes through, if any."""
         self.on_crash = on_crash
         self._playwright: Playwright | None = None
         self._browser: Browser | None = None
@@ -60,11 +63,14 @@ class BrowserHost:
 
     async def _launch(self) -> None:
         assert self._playwright is not None
+        # Playwright sends loopback through the proxy too (it adds `<-loopback>` to Chromium's
+        # bypass rules): nothing reaches the network around the guard.
         browser = await self._playwright.chromium.launch(
             executable_path=self.executable,
             headless=self.headless,
             args=list(CHROMIUM_ARGS),
             env={**os.environ, MARKER: self.marker},
+            proxy={"server": self.proxy} if self.proxy else None,
         )
         browser.on("disconnected", self._disconnected)
         self._browser = browser

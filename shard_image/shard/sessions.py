@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from shard.browser import BrowserHost
 from shard.drivers import DEFAULT_DRIVER, Driver, DriverError, PageState, make_driver
+from shard.egress import Policy, Refused
 from shard.messages import BadReport, Inbox, parse
 from shard.metrics import ShardMetrics
 from shard.registry import Registry
@@ -132,6 +133,7 @@ class SessionManager:
         self.browser = browser
         self.metrics = metrics
         self.inbox = Inbox(registry.redis, registry.keys)
+        self.egress = Policy.of(settings.egress_allow, settings.whatsapp_url)
         self.sessions: dict[str, LiveSession] = {}
         self.draining_since: float | None = None
         self._opening = asyncio.Semaphore(settings.restore_concurrency)
@@ -145,13 +147,20 @@ class SessionManager:
     # --- creating and restoring -------------------------------------------------------------
 
     def build(self, spec: SessionSpec) -> Driver:
-        """Validate a spec by building its driver; raises DriverError before anything is claimed."""
-        return make_driver(
+        """Validate a spec by building its driver; raises DriverError before anything is claimed
+        (also for a site the egress guard would not let the browser reach)."""
+        driver = make_driver(
             spec.driver,
             spec.options,
             self.settings.whatsapp_url,
             self.settings.whatsapp_selectors,
         )
+        if self.settings.egress_guard:
+            try:
+                self.egress.check_url(driver.url)
+            except Refused as exc:
+                raise DriverError(str(exc)) from None
+        return driver
 
     async def start(
         self, sid: str, spec: SessionSpec | None, *, reclaim: bool = False

@@ -63,6 +63,10 @@ class ShardSettings:
     """WHATSAPP_URL: where the whatsapp driver goes (tests point it at a local stand-in)."""
     whatsapp_selectors: Mapping[str, str] = field(default_factory=dict)
     """WHATSAPP_SELECTORS: JSON object overriding the whatsapp driver's selectors."""
+    egress_allow: str = "web.whatsapp.com,*.whatsapp.com,*.whatsapp.net"
+    """EGRESS_ALLOW: hosts the browsers may reach, comma-separated (shard/egress.py)."""
+    egress_guard: bool = True
+    """EGRESS_GUARD: 0 lets the browsers reach anything (a development machine only)."""
     version: str = "0.1.0"
 
     @property
@@ -106,6 +110,8 @@ def from_env(env: Mapping[str, str] | None = None) -> ShardSettings:
         restore_concurrency=get("RESTORE_CONCURRENCY", _positive_int, 4),
         whatsapp_url=env.get("WHATSAPP_URL", "https://web.whatsapp.com").rstrip("/"),
         whatsapp_selectors=get("WHATSAPP_SELECTORS", _json_object, {}),
+        egress_allow=env.get("EGRESS_ALLOW", ",".join(base.shard.egress_allow)),
+        egress_guard=get("EGRESS_GUARD", _bool, True),
     )
     if settings.heartbeat_timeout <= 2 * settings.heartbeat_interval:
         errors.append("HEARTBEAT_TIMEOUT must be more than twice HEARTBEAT_INTERVAL")

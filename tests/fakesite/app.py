@@ -295,6 +295,26 @@ async def api_state(request: web.Request) -> web.Response:
     return web.json_response(state_of(request).snapshot())
 
 
+PROBE = """<!DOCTYPE html><title>egress probe (stand-in)</title><div id="probe">probing</div>
+<script>
+// For the egress guard's tests: reach each URL given in ?urls= every way a page can.
+const urls = new URLSearchParams(location.search).get("urls").split(",");
+for (const url of urls) {
+  fetch(url).catch(() => {});
+  const img = document.createElement("img"); img.src = url + "?img"; document.body.append(img);
+  try { new WebSocket(url.replace(/^http/, "ws") + "/ws"); } catch (e) {}
+}
+</script>"""
+
+
+async def probe(request: web.Request) -> web.Response:
+    return web.Response(text=PROBE, content_type="text/html")
+
+
+async def redirect(request: web.Request) -> web.Response:
+    raise web.HTTPFound(request.query.get("to", "/"))
+
+
 def create_app(qr_rotate_seconds: float = 20.0) -> web.Application:
     """The stand-in site; every app instance has its own in-memory state."""
     if qr_rotate_seconds <= 0:
@@ -315,4 +335,6 @@ def create_app(qr_rotate_seconds: float = 20.0) -> web.Application:
     app.router.add_post("/api/incoming", incoming)
     app.router.add_post("/api/ack", acknowledge)
     app.router.add_get("/api/state", api_state)
+    app.router.add_get("/probe", probe)
+    app.router.add_get("/redirect", redirect)
     return app
