@@ -45,6 +45,12 @@ class Grant:
     """Tenant: only sessions of this workspace (empty: any)."""
     source: str = FROM_CONFIG
     """Where it came from (config, api, shard.env, generated): config's are replaced at start."""
+    creates_per_minute: int = 0
+    """New sessions this key may create per minute, fleet-wide (0: no limit)."""
+    sends_per_minute: int = 0
+    """Messages this key may send per minute, fleet-wide (0: no limit)."""
+    max_sessions: int = 0
+    """Sessions a tenant key's scope may hold at once (0: no cap)."""
 
     def may_name(self, sid: str) -> bool:
         """The session id is one this key may use at all (its prefix)."""
@@ -70,6 +76,9 @@ class Grant:
                 prefix=str(data.get("prefix", "")),
                 workspace=str(data.get("workspace", "")),
                 source=str(data.get("source", FROM_CONFIG)),
+                creates_per_minute=int(data.get("creates_per_minute", 0)),
+                sends_per_minute=int(data.get("sends_per_minute", 0)),
+                max_sessions=int(data.get("max_sessions", 0)),
             )
         except (ValueError, TypeError, KeyError) as exc:
             raise ValueError(f"not a key grant: {exc}") from None

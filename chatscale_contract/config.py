@@ -388,6 +388,12 @@ class ApiKey(Frozen):
     """Tenant: the session ids it may use start with this."""
     workspace: str = Field(default="", max_length=128)
     """Tenant: only sessions of this workspace (new ones get it)."""
+    creates_per_minute: int = Field(default=0, ge=0)
+    """New sessions per minute, fleet-wide (0: no limit); past it 429 with Retry-After."""
+    sends_per_minute: int = Field(default=0, ge=0)
+    """Messages sent per minute, fleet-wide (0: no limit); past it 429 with Retry-After."""
+    max_sessions: int = Field(default=0, ge=0)
+    """Tenant: sessions its scope may hold at once (0: no cap); past it 429."""
 
     @model_validator(mode="after")
     def _complete(self) -> ApiKey:

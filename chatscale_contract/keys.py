@@ -61,6 +61,10 @@ class Keys:
         shown on the (loopback) status page, so that whoever runs the system can read it."""
         return f"{self.prefix}auth:generated"
 
+    def limit_counter(self, key_name: str, kind: str, minute: int) -> str:
+        """STRING count of a key's `kind` (creates, sends) in one minute; expires after two."""
+        return f"{self.prefix}limit:{key_name}:{kind}:{minute}"
+
     @property
     def sessions(self) -> str:
         """ZSET of every session with a registry record -> its creation time: the fleet-wide

@@ -28,8 +28,16 @@ def config_grants(config: Config) -> dict[str, Grant]:
     grants = {}
     for item in config.auth.keys:
         digest = item.sha256 or key_hash(item.key or "")
-        admin = item.scope == "admin"
-        grants[digest] = Grant(item.name, admin, item.prefix, item.workspace, FROM_CONFIG)
+        grants[digest] = Grant(
+            item.name,
+            item.scope == "admin",
+            item.prefix,
+            item.workspace,
+            FROM_CONFIG,
+            item.creates_per_minute,
+            item.sends_per_minute,
+            item.max_sessions,
+        )
     env_key = config.shard.env.get("API_KEY")
     if env_key:
         grants[key_hash(env_key)] = Grant("API_KEY", admin=True, source=FROM_SHARD_ENV)

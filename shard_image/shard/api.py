@@ -33,6 +33,7 @@ from shard.access import (
 from shard.catalog import BadQuery, Catalog, query_from
 from shard.drivers import DEFAULT_DRIVER, MAX_TEXT, DriverError, Unsupported
 from shard.errors import Handler, json_error
+from shard.limits import Limited, admit_create, admit_send
 from shard.registry import Full, OwnedElsewhere
 from shard.sessions import Draining, LiveSession, NotHere, SessionSpec
 from shard.state import SHARD, Shard
@@ -84,6 +85,8 @@ async def bad_requests(request: web.Request, handler: Handler) -> web.StreamResp
         return json_error(404, str(exc))
     except Forbidden as exc:
         return json_error(403, str(exc))
+    except Limited as exc:
+        return json_error(429, str(exc), retry_after=exc.retry_after)
     except NameTaken as exc:
         return json_error(409, str(exc))
     except Unsupported as exc:
@@ -361,6 +364,7 @@ async def ensure_started(
     spec = spec or (SessionSpec.from_record(where.record) if where.record else SessionSpec())
     if not where.record:
         spec = replace(spec, workspace_id=workspace_for(request, spec.workspace_id))
+        await admit_create(request)
     try:
         shard.manager.build(spec)  # validate before claiming anything
     except DriverError as exc:
@@ -492,6 +496,7 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     shard = request.app[SHARD]
     sid = path_id(request)
     where = await visible(request, sid)
+    await admit_send(request)
     if where.local is None:
         return await elsewhere(request, where, sid)
     body, _ = await read_json(request)

@@ -47,6 +47,9 @@ def _view(grant: Grant) -> dict[str, Any]:
         "prefix": grant.prefix,
         "workspace": grant.workspace,
         "source": grant.source,
+        "creates_per_minute": grant.creates_per_minute,
+        "sends_per_minute": grant.sends_per_minute,
+        "max_sessions": grant.max_sessions,
     }
 
 
@@ -69,7 +72,8 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 def _grant_from(body: dict[str, Any]) -> Grant:
-    unknown = set(body) - {"name", "scope", "prefix", "workspace"}
+    limits = ("creates_per_minute", "sends_per_minute", "max_sessions")
+    unknown = set(body) - {"name", "scope", "prefix", "workspace", *limits}
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
     name, scope = body.get("name"), body.get("scope", "tenant")
@@ -84,7 +88,11 @@ def _grant_from(body: dict[str, Any]) -> Grant:
         raise BadRequest("workspace must be a string of at most 128 characters")
     if scope == "tenant" and not (prefix or workspace):
         raise BadRequest("a tenant key needs a prefix or a workspace (or scope admin)")
-    return Grant(name, scope == "admin", prefix, workspace, FROM_API)
+    numbers = [body.get(field, 0) for field in limits]
+    for field, value in zip(limits, numbers, strict=True):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise BadRequest(f"{field} must be a whole number, 0 or more (0: no limit)")
+    return Grant(name, scope == "admin", prefix, workspace, FROM_API, *numbers)
 
 
 async def delete_key(request: web.Request) -> web.Response:

@@ -5,6 +5,8 @@ autoscaler publishes them (autoscaler/loop/auth.py, tested in tests/loop/test_au
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import aiohttp
@@ -146,3 +148,42 @@ async def _works(api: As, key: str) -> bool:
 
 async def _refused(api: As, key: str | None, want: int = 401) -> bool:
     return (await api.call(key, "GET", "/api/sessions"))[0] == want
+
+
+async def test_a_keys_limits_answer_429(
+    fleet: ShardFleet, http: aiohttp.ClientSession, redis_url: str
+) -> None:
+    limited = "limited-key-0123456789"
+    grant = Grant("limited", prefix="l-", creates_per_minute=2, sends_per_minute=1, max_sessions=3)
+    capped = "capped-key-0123456789"
+    cap = Grant("capped", prefix="c-", max_sessions=1)
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    entries = {key_hash(limited): grant.text(), key_hash(capped): cap.text()}
+    await client.hset(KEYS.api_keys, mapping=entries)
+    await client.set(KEYS.auth_mode, KEYS_ON)
+    await client.aclose()
+    api = As(http, fleet.start("shard-1").url)
+    await eventually(lambda: _works(api, limited), 10, "the shard to read the keys")
+    late = time.time() % 60
+    if late > 45:  # counted per minute: not across a minute's end
+        await asyncio.sleep(61 - late)
+
+    assert (await api.call(limited, "PUT", "/api/sessions/l-1", {}))[0] == 201
+    assert (await api.call(limited, "PUT", "/api/sessions/l-1", {}))[0] == 200, "not a create"
+    assert (await api.call(limited, "PUT", "/api/sessions/l-2", {}))[0] == 201
+    async with http.put(
+        f"{api.base}/api/sessions/l-3", json={}, headers={"X-Api-Key": limited}
+    ) as resp:
+        body = await resp.json()
+        assert resp.status == 429 and "2 creates a minute" in body["error"], body
+        assert 0 < int(resp.headers["Retry-After"]) <= 60
+    send = {"to": "4915100000001", "text": "x"}
+    assert (await api.call(limited, "POST", "/api/sessions/l-1/messages", send))[0] == 409
+    code, body = await api.call(limited, "POST", "/api/sessions/l-1/messages", send)
+    assert code == 429 and "1 sends a minute" in body["error"]
+
+    assert (await api.call(capped, "PUT", "/api/sessions/c-1", {}))[0] == 201
+    code, body = await api.call(capped, "PUT", "/api/sessions/c-2", {})
+    assert code == 429 and "may hold 1 sessions" in body["error"]
+    code, body = await api.call(capped, "POST", "/waha/api/sessions", {"name": "c-3"})
+    assert code == 429 and body["statusCode"] == 429

@@ -28,6 +28,7 @@ from shard.api import (
 )
 from shard.catalog import STATUSES, Catalog, query_from
 from shard.errors import json_error
+from shard.limits import admit_create, admit_send
 from shard.sessions import NotHere, SessionSpec
 from shard.state import SHARD
 from shard.waha import views
@@ -106,6 +107,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     if run:
         return await _dto(request, await ensure_started(request, found.sid, spec), found, 201)
     shard = request.app[SHARD]
+    await admit_create(request)
     await write_stopped(shard.registry, found.sid, spec)
     record = await shard.registry.record(found.sid)
     return web.json_response(views.session_dto(found.sid, record), status=201)
@@ -251,6 +253,7 @@ async def send_text(request: web.Request) -> web.StreamResponse:
         raise BadRequest("text must be a non-empty string")
     found = await find(request, name)
     shard = request.app[SHARD]
+    await admit_send(request)
     if found.where.local is None:
         return await elsewhere(request, await locate(shard, found.sid), found.sid)
     message_id = await shard.manager.send_text(found.sid, phone, text)
