@@ -64,6 +64,13 @@ async def test_real_answers_match_the_document(
     assert (await api.call("GET", "/api/sessions", key="wrong"))[0] == 401
     big = {"text": "x" * (1 << 20), "to": "1"}
     assert (await api.call("POST", "/api/sessions/alice/messages", big))[0] == 413
+    tenant = {"name": "t1", "scope": "tenant", "prefix": "t-", "max_sessions": 2}
+    assert (await api.call("POST", "/api/keys", tenant))[0] == 201
+    assert (await api.call("POST", "/api/keys", tenant))[0] == 409
+    assert (await api.call("POST", "/api/keys", {"name": "t2"}, valid=False))[0] == 400
+    assert (await api.call("GET", "/api/keys"))[0] == 200
+    assert (await api.call("DELETE", "/api/keys/t1"))[0] == 200
+    assert (await api.call("DELETE", "/api/keys/t1"))[0] == 404
     assert (await api.call("POST", "/admin/drain"))[0] == 202
     assert (await api.call("POST", "/admin/undrain"))[0] == 200
 
@@ -81,6 +88,6 @@ def _template(path: str, spec_doc: dict[str, Any]) -> str:
     """The document's path template a concrete path falls under."""
     templates: list[str] = list(spec_doc["paths"])
     for template in templates:
-        if re.fullmatch(re.escape(template).replace(r"\{id\}", "[^/]+"), path):
+        if re.fullmatch(re.sub(r"\\\{[a-z]+\\\}", "[^/]+", re.escape(template)), path):
             return template
     return path
