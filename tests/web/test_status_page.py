@@ -15,6 +15,7 @@ from support.loop import Loop, make_config
 from support.procs import free_port
 
 from autoscaler.engine.cluster import Cluster, Node
+from autoscaler.loop.auth import publish
 from autoscaler.loop.daemon import Daemon
 from autoscaler.web.status import init_app
 from autoscaler.web.webhooks import public
@@ -191,3 +192,25 @@ def test_receiver_urls_are_shown_without_secrets() -> None:
     )
     assert public("http://[::1]:9000/hook") == "http://[::1]:9000/hook"
     assert public("http://app:8000/chatscale/webhook") == "http://app:8000/chatscale/webhook"
+
+
+async def test_the_generated_key_is_shown_and_keys_off_is_a_warning(loop: Loop) -> None:
+    config = make_config(loop.redis_url)
+    daemon = await loop.daemon(config)
+    key = await publish(daemon.redis, daemon.keys, config)
+    assert key is not None
+    async for url in serve(daemon):
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/") as resp:
+                page = await resp.text()
+            async with http.get(f"{url}/api/status") as resp:
+                auth = (await resp.json())["auth"]
+            off = config.model_copy(
+                update={"auth": config.auth.model_copy(update={"enabled": False})}
+            )
+            await publish(daemon.redis, daemon.keys, off)
+            async with http.get(f"{url}/") as resp:
+                warned = await resp.text()
+    assert f'<code id="generated-key">{key}</code>' in page
+    assert auth == {"mode": "keys", "keys": 1, "generated_key": key}
+    assert 'id="keys-off"' in warned
