@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import redis.asyncio as aioredis
+from autoscaler.redisconn import connect
 
 log = logging.getLogger(__name__)
 HEALTH_CHECK = 10.0
@@ -22,9 +22,7 @@ RESUBSCRIBE_AFTER = 2.0
 async def listen(url: str, channel: str, on_message: Callable[[str], None]) -> None:
     """Call `on_message` with the data of every message on `channel`, until cancelled."""
     while True:
-        client = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=5, health_check_interval=HEALTH_CHECK
-        )
+        client = connect(url, socket_connect_timeout=5, health_check_interval=HEALTH_CHECK)
         try:
             async with client.pubsub() as pubsub:
                 await pubsub.subscribe(channel)

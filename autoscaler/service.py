@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -35,6 +34,7 @@ from autoscaler.front.agent import AgentIdentity, FrontAgent
 from autoscaler.front.reload import LocalReloader
 from autoscaler.loop import auth
 from autoscaler.loop.daemon import Daemon
+from autoscaler.redisconn import connect
 from autoscaler.runtimes.base import RuntimeFailure
 from autoscaler.web.status import init_app
 from autoscaler.webhooks.deliver import Deliverer
@@ -281,9 +281,7 @@ async def front_agent(config: Config) -> int:
         front_id=os.environ.get("FRONT_ID") or socket.gethostname(),
         node=os.environ.get("NODE_NAME") or socket.gethostname(),
     )
-    client = aioredis.Redis.from_url(
-        config.redis.url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5
-    )
+    client = connect(config.redis.url, socket_timeout=5, socket_connect_timeout=5)
     keys = Keys(config.redis.key_prefix)
     agent = FrontAgent(config.nginx, identity, LocalReloader(config.nginx), client, keys, SYSTEM)
     wake = asyncio.Event()

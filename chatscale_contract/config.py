@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from chatscale_contract.hops import MAX_HOLD
+from chatscale_contract.redisurl import parse_redis_url
 from chatscale_contract.webhooks import Webhook
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)b?\s*$", re.IGNORECASE)
@@ -95,9 +96,15 @@ class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
+def _check_redis_url(url: str) -> str:
+    parse_redis_url(url)
+    return url
+
+
 class RedisSettings(Frozen):
-    url: str = "redis://127.0.0.1:6379/0"
-    """Redis holding heartbeats, the session registry, snapshots and events. Env: REDIS_URL."""
+    url: Annotated[str, AfterValidator(_check_redis_url)] = "redis://127.0.0.1:6379/0"
+    """Redis holding heartbeats, the session registry, snapshots and events. Env: REDIS_URL.
+    Redis Sentinel: redis+sentinel://host1:26379,host2:26379,host3:26379/<service>[/db]."""
     key_prefix: str = Field(default="cs:", pattern=r"^[A-Za-z0-9:_.-]*$")
     """Prefix of every key this system writes, so several fleets can share one Redis."""
 

@@ -33,6 +33,7 @@ from autoscaler.loop.events import Event, EventLog
 from autoscaler.loop.leader import LeaderLock
 from autoscaler.loop.observe import Observer
 from autoscaler.metrics import Metrics
+from autoscaler.redisconn import connect
 from autoscaler.runtimes import make_runtime
 from autoscaler.runtimes.base import Runtime
 from chatscale_contract.clock import SYSTEM, Clock
@@ -99,9 +100,8 @@ class Daemon:
 
     async def __aenter__(self) -> Daemon:
         # Timeouts: an unanswering Redis fails a pass (which then holds) instead of hanging it.
-        self.redis = aioredis.Redis.from_url(
+        self.redis = connect(
             self.config.redis.url,
-            decode_responses=True,
             socket_timeout=REDIS_TIMEOUT,
             socket_connect_timeout=REDIS_TIMEOUT,
         )

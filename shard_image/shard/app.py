@@ -12,7 +12,6 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
-import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
@@ -23,6 +22,7 @@ from shard.catalog import Catalog
 from shard.egress import Guard, Policy
 from shard.errors import errors_as_json
 from shard.keyadmin import routes as key_routes
+from shard.redisconn import connect
 from shard.registry import Registry
 from shard.settings import ShardSettings
 from shard.state import SHARD, Shard
@@ -56,9 +56,8 @@ def _resources(
     async def resources(app: web.Application) -> AsyncIterator[None]:
         # Timeouts: a Redis that stops answering must fail calls, not hang them (the lease
         # check runs after each heartbeat attempt).
-        client = aioredis.Redis.from_url(
+        client = connect(
             settings.redis_url,
-            decode_responses=True,
             socket_timeout=REDIS_TIMEOUT,
             socket_connect_timeout=REDIS_TIMEOUT,
         )
