@@ -1,6 +1,7 @@
 """The shard's Redis clients, for a plain URL or Redis Sentinel
 (chatscale_contract/redisurl.py). With Sentinel the client asks the sentinels for the current
-primary on every new connection, so after a failover the next command reaches the new one."""
+primary on every new connection, so after a failover the next command reaches the new one.
+Its twin is on the other side (the autoscaler and the shard import neither each other)."""
 
 from __future__ import annotations
 
