@@ -24,6 +24,7 @@ FROM_CONFIG = "config"
 FROM_API = "api"
 FROM_SHARD_ENV = "shard.env"
 GENERATED = "generated"
+INTERNAL = "internal"
 
 
 def key_hash(key: str) -> str:
@@ -106,16 +107,25 @@ class Keyring:
     """key hash -> grant."""
     env_key: str = ""
     """A shard's own API_KEY (its environment): an admin key, as before there were grants."""
+    internal: str = ""
+    """The fleet's own key (Keys.internal_key), for calls between shards."""
+
+    @property
+    def credential(self) -> str:
+        """The key this shard sends on its own calls to another shard."""
+        return self.internal or self.env_key
 
     @classmethod
-    def load(cls, mode: str | None, entries: Mapping[str, str], env_key: str = "") -> Keyring:
+    def load(
+        cls, mode: str | None, entries: Mapping[str, str], env_key: str = "", internal: str = ""
+    ) -> Keyring:
         grants = {}
         for digest, text in entries.items():
             try:
                 grants[digest] = Grant.parse(text)
             except ValueError:
                 continue  # a damaged entry grants nothing
-        return cls(mode, grants, env_key)
+        return cls(mode, grants, env_key, internal)
 
     @property
     def off(self) -> bool:

@@ -56,6 +56,13 @@ class Keys:
         return f"{self.prefix}auth:mode"
 
     @property
+    def internal_key(self) -> str:
+        """STRING the fleet's own admin key, which shards use for their calls to each other (a
+        drain's hand-offs); set once by the first autoscaler. Whoever reads Redis has it, as
+        whoever reads Redis has the whole fleet."""
+        return f"{self.prefix}auth:internal"
+
+    @property
     def generated_key(self) -> str:
         """STRING the admin key the first autoscaler generated when config.yaml named none;
         shown on the (loopback) status page, so that whoever runs the system can read it."""

@@ -11,6 +11,7 @@ from chatscale_contract.auth import (
     FROM_CONFIG,
     FROM_SHARD_ENV,
     GENERATED,
+    INTERNAL,
     KEYS_OFF,
     KEYS_ON,
     Grant,
@@ -57,6 +58,7 @@ async def publish(client: aioredis.Redis, keys: Keys, config: Config) -> str | N
             pipe.hset(keys.api_keys, mapping={d: g.text() for d, g in wanted.items()})
         pipe.set(keys.auth_mode, KEYS_ON if config.auth.enabled else KEYS_OFF)
         await pipe.execute()
+    await _internal(client, keys)
     if not config.auth.enabled:
         log.warning(
             "auth.enabled is false: the front takes requests without a key; anyone who reaches"
@@ -64,7 +66,7 @@ async def publish(client: aioredis.Redis, keys: Keys, config: Config) -> str | N
         )
         return None
     kept = [t for d, t in existing.items() if d not in stale] + [g.text() for g in wanted.values()]
-    if any(_admin(text) for text in kept):
+    if any(_admin(text, people_only=True) for text in kept):
         return None
     return await _generate(client, keys)
 
@@ -86,6 +88,15 @@ async def _generate(client: aioredis.Redis, keys: Keys) -> str | None:
     return key if made else None
 
 
+async def _internal(client: aioredis.Redis, keys: Keys) -> None:
+    """The fleet's own admin key, for the shards' calls to each other; made once per fleet."""
+    await client.set(keys.internal_key, new_key(), nx=True)
+    key = await client.get(keys.internal_key)
+    if key:
+        grant = Grant("internal", admin=True, source=INTERNAL)
+        await client.hset(keys.api_keys, key_hash(key), grant.text())
+
+
 def _from_config(text: str) -> bool:
     try:
         return Grant.parse(text).source in (FROM_CONFIG, FROM_SHARD_ENV)
@@ -93,8 +104,10 @@ def _from_config(text: str) -> bool:
         return True  # damaged: replaced by what config says
 
 
-def _admin(text: str) -> bool:
+def _admin(text: str, people_only: bool = False) -> bool:
+    """An admin grant (with `people_only`, not the fleet's internal one)."""
     try:
-        return Grant.parse(text).admin
+        grant = Grant.parse(text)
     except ValueError:
         return False
+    return grant.admin and not (people_only and grant.source == INTERNAL)

@@ -28,8 +28,9 @@ async def load_keyring(client: aioredis.Redis, keys: Keys, env_key: str) -> Keyr
     async with client.pipeline(transaction=False) as pipe:
         pipe.get(keys.auth_mode)
         pipe.hgetall(keys.api_keys)
-        mode, entries = await pipe.execute()
-    return Keyring.load(mode, entries, env_key)
+        pipe.get(keys.internal_key)
+        mode, entries, internal = await pipe.execute()
+    return Keyring.load(mode, entries, env_key, internal or "")
 
 
 def grant_of(request: web.Request) -> Grant:

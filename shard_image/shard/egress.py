@@ -92,6 +92,9 @@ class Guard:
     def __init__(self, policy: Policy):
         self.policy = policy
         self.refused = 0
+        self._warned: set[str] = set()
+        """Refusals are logged as warnings once per message (Chromium's own background
+        requests would repeat them every minute), then at debug level."""
         self._server: asyncio.Server | None = None
 
     @property
@@ -119,7 +122,9 @@ class Guard:
             upstream = await self._connect(host, port)
         except Refused as exc:
             self.refused += 1
-            log.warning("egress guard: %s", exc)
+            first = str(exc) not in self._warned and len(self._warned) < 1000
+            self._warned.add(str(exc))
+            log.log(logging.WARNING if first else logging.DEBUG, "egress guard: %s", exc)
             await _answer(writer, b"403 Forbidden", f"chatscale egress guard: {exc}")
             return
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, OSError):

@@ -33,6 +33,8 @@ class Router:
         self.registry = registry
         self.http = http
         self._view: tuple[float, Ring, dict[str, Beat]] | None = None
+        self.credential = settings.api_key
+        """The key this shard sends on its own calls to others (state.py keeps it current)."""
 
     async def view(self, fresh: bool = False) -> tuple[Ring, dict[str, Beat]]:
         """The ring nginx uses (as published by the autoscaler) and every live heartbeat."""
@@ -122,8 +124,8 @@ class Router:
         # A released session is claimed like a new one and opens from its snapshot: the
         # receiving shard needs no more than the forwarding mark (it must not forward again).
         headers = {FORWARDED_BY: self.settings.shard_id}
-        if self.settings.api_key:
-            headers["X-Api-Key"] = self.settings.api_key
+        if self.credential:
+            headers["X-Api-Key"] = self.credential
         try:
             url = f"http://{addr}/api/sessions/{sid}"
             async with self.http.put(url, headers=headers, json={}) as resp:

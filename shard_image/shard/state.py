@@ -111,6 +111,7 @@ class Shard:
             self.keyring = await load_keyring(
                 self.registry.redis, self.registry.keys, self.settings.api_key
             )
+            self.router.credential = self.keyring.credential
             if not self.restored:
                 # At start, and after the lease was lost: reopen what is still ours. Retried
                 # on every heartbeat until it succeeds.

@@ -25,8 +25,10 @@ def config(**auth: Any) -> Config:
 
 
 async def grants(client: aioredis.Redis) -> dict[str, Grant]:
+    """The grants for people (without the fleet's internal one, checked on its own)."""
     entries = await client.hgetall(KEYS.api_keys)
-    return {d: Grant.parse(t) for d, t in entries.items()}
+    parsed = {d: Grant.parse(t) for d, t in entries.items()}
+    return {d: g for d, g in parsed.items() if g.source != "internal"}
 
 
 async def test_a_first_start_without_keys_generates_one_admin_key(
@@ -43,6 +45,9 @@ async def test_a_first_start_without_keys_generates_one_admin_key(
     assert grant.admin and grant.source == "generated"
     keyring = Keyring.load(KEYS_ON, await aredis.hgetall(KEYS.api_keys))
     assert keyring.grant_for(key) == grant and keyring.grant_for("cs_guess") is None
+    internal = await aredis.get(KEYS.internal_key)
+    assert internal and internal != key, "the shards' own key, one per fleet"
+    assert keyring.grant_for(internal) == Grant("internal", admin=True, source="internal")
 
 
 async def test_configs_keys_replace_its_earlier_ones_and_api_keys_stay(

@@ -13,9 +13,11 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from support.procs import eventually
-from support.shards import API_KEY, Api, ShardFleet
+from support.shards import API_KEY, Api, ShardFleet, publish_ring
 
+from autoscaler.loop import auth
 from chatscale_contract.auth import KEYS_OFF, KEYS_ON, Grant, key_hash
+from chatscale_contract.config import Config
 from chatscale_contract.keys import Keys
 
 pytestmark = [pytest.mark.browser]
@@ -187,3 +189,24 @@ async def test_a_keys_limits_answer_429(
     assert code == 429 and "may hold 1 sessions" in body["error"]
     code, body = await api.call(capped, "POST", "/waha/api/sessions", {"name": "c-3"})
     assert code == 429 and body["statusCode"] == 429
+
+
+async def test_shards_without_a_key_of_their_own_still_hand_sessions_over(
+    fleet: ShardFleet, http: aiohttp.ClientSession, redis_url: str
+) -> None:
+    """The shipped setup: no API_KEY anywhere, a generated admin key. A drain's hand-off (a
+    shard's own call to another) goes with the fleet's internal key."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    key = await auth.publish(client, KEYS, Config())
+    await client.aclose()
+    assert key is not None
+    one, two = fleet.start("shard-1", API_KEY=""), fleet.start("shard-2", API_KEY="")
+    await publish_ring(redis_url, [one])
+    api = Api(http, one.url, key=key)
+    await eventually(lambda: _works(As(http, one.url), key), 10, "the shard to read the keys")
+    assert (await api.call("PUT", "/api/sessions/h1", {}))[0] == 201
+    await api.wait_status("h1", "SCAN_QR_CODE")
+    await publish_ring(redis_url, [one, two])
+    await asyncio.sleep(1.5)  # shards cache their view of the ring for a second
+    assert (await api.call("POST", "/admin/drain"))[0] == 202
+    await Api(http, two.url, key=key).wait_status("h1", "SCAN_QR_CODE", shard="shard-2")

@@ -212,5 +212,5 @@ async def test_the_generated_key_is_shown_and_keys_off_is_a_warning(loop: Loop) 
             async with http.get(f"{url}/") as resp:
                 warned = await resp.text()
     assert f'<code id="generated-key">{key}</code>' in page
-    assert auth == {"mode": "keys", "keys": 1, "generated_key": key}
+    assert auth == {"mode": "keys", "keys": 2, "generated_key": key}, "and the shards' own"
     assert 'id="keys-off"' in warned
