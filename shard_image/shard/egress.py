@@ -122,9 +122,9 @@ class Guard:
             upstream = await self._connect(host, port)
         except Refused as exc:
             self.refused += 1
-            first = str(exc) not in self._warned and len(self._warned) < 1000
+            new = str(exc) not in self._warned and len(self._warned) < 1000
             self._warned.add(str(exc))
-            log.log(logging.WARNING if first else logging.DEBUG, "egress guard: %s", exc)
+            log.log(logging.WARNING if new else logging.DEBUG, "egress guard: %s", exc)
             await _answer(writer, b"403 Forbidden", f"chatscale egress guard: {exc}")
             return
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, OSError):
