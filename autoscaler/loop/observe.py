@@ -7,6 +7,8 @@ Redis per pass, whatever the fleet's size.
 
 from __future__ import annotations
 
+import logging
+
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -17,6 +19,8 @@ from chatscale_contract.clock import Clock
 from chatscale_contract.hops import ACTIVATOR_TTL
 from chatscale_contract.ids import is_shard_id
 from chatscale_contract.keys import Keys
+
+log = logging.getLogger(__name__)
 
 PENDING_WINDOW = 60.0
 """Refused creates and held requests younger than this count as demand (clients retry after
@@ -77,7 +81,12 @@ class Observer:
         owned: dict[str, int] = {}
         for shard_id, raw, members in zip(ids, rows[::2], rows[1::2], strict=True):
             if raw:
-                beats[shard_id] = Beat.parse(raw)
+                try:
+                    beats[shard_id] = Beat.parse(raw)
+                except (ValueError, KeyError) as exc:
+                    # One damaged heartbeat must not blind the fleet: that shard counts as
+                    # silent (its next beat rewrites the whole hash), the rest as they are.
+                    log.warning("heartbeat of %s unreadable, skipped: %s", shard_id, exc)
             owners.update(dict.fromkeys(members, shard_id))
             owned[shard_id] = len(members)
         return beats, owners, owned

@@ -214,8 +214,13 @@ def record_view(sid: str, record: dict[str, str]) -> dict[str, Any]:
         "workspace_id": record.get("workspace_id", ""),
         "account_id": record.get("account_id", ""),
         "error": record.get("error") or None,
-        "token": int(record.get("token", 0)),
+        "token": _number(record.get("token", "0")),
     }
+
+
+def _number(text: str) -> int:
+    """A number from a record; 0 for a damaged one (reads never fail on what Redis holds)."""
+    return int(text) if text.isdigit() else 0
 
 
 # --- locating a session ---------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -21,6 +22,8 @@ from chatscale_contract.clock import SYSTEM, Clock
 from chatscale_contract.hops import ACTIVATOR_TTL
 from chatscale_contract.keys import Keys
 from chatscale_contract.webhooks import OUTBOX_MAXLEN
+
+log = logging.getLogger(__name__)
 
 # Every script declares the keys it knows beforehand as KEYS. A session's current owner is learnt
 # only inside Redis, so its heartbeat and session-set names are built there from the fragments
@@ -37,7 +40,10 @@ local function emit_event(outbox, maxlen, skey, sid, event, payload)
                         'metadata', 'me')
   -- A WAHA client's own metadata first, then the ids chatscale knows the session by.
   local metadata = {}
-  if ref[5] and ref[5] ~= '' then metadata = cjson.decode(ref[5]) end
+  if ref[5] and ref[5] ~= '' then
+    local ok, decoded = pcall(cjson.decode, ref[5])
+    if ok and type(decoded) == 'table' then metadata = decoded end  -- damaged: none
+  end
   metadata.workspace_id = ref[1] or ''
   metadata.account_id = ref[2] or ''
   local name = sid
@@ -76,7 +82,7 @@ local head, tail = ARGV[6], ARGV[7]
 local owner = redis.call('HGET', skey, 'owner') or ''
 if owner == me then
   if mode ~= 'reclaim' then
-    return {1, tonumber(redis.call('HGET', skey, 'token') or '0')}
+    return {1, tonumber(redis.call('HGET', skey, 'token') or '0') or 0}
   end
 elseif owner ~= '' and redis.call('EXISTS', head .. owner) == 1 then
   return {0, owner}
@@ -90,6 +96,10 @@ end
 redis.call('SADD', mine, sid)
 redis.call('SREM', orphans, sid)
 redis.call('ZREM', pending, sid)
+-- A damaged token (not a number) restarts the count: fencing needs only a change.
+if not tonumber(redis.call('HGET', skey, 'token') or '0') then
+  redis.call('HSET', skey, 'token', '0')
+end
 local token = redis.call('HINCRBY', skey, 'token', 1)
 redis.call('HSET', skey, 'owner', me, 'updated_at', now)
 if redis.call('HEXISTS', skey, 'created_at') == 0 then
@@ -335,7 +345,14 @@ class Registry:
             for sid in ids:
                 pipe.hgetall(self.keys.shard(sid))
             rows = await pipe.execute()
-        return [Beat.parse(raw) for raw in rows if raw]
+        beats = []
+        for raw in rows:
+            try:
+                if raw:
+                    beats.append(Beat.parse(raw))
+            except (ValueError, KeyError) as exc:  # damaged: that shard counts as silent
+                log.warning("a heartbeat is unreadable, skipped: %s", exc)
+        return beats
 
     async def activators(self) -> list[str]:
         """Addresses of the activators registered within hops.ACTIVATOR_TTL."""
@@ -347,7 +364,11 @@ class Registry:
         raw = await self.redis.get(self.keys.ring)
         if raw is None:
             return None
-        return [(m["id"], m["addr"]) for m in json.loads(raw)["shards"]]
+        try:
+            return [(str(m["id"]), str(m["addr"])) for m in json.loads(raw)["shards"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("the published ring is unreadable; using the live shards: %s", exc)
+            return None
 
     async def nudge(self) -> None:
         await self.redis.publish(self.keys.nudge, self.shard_id)

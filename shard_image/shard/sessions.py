@@ -91,13 +91,27 @@ class SessionSpec:
     def from_record(cls, record: dict[str, str]) -> SessionSpec:
         return cls(
             driver=record.get("driver") or DEFAULT_DRIVER,
-            options=json.loads(record.get("options") or "{}"),
+            options=_object(record.get("options", "")),
             workspace_id=record.get("workspace_id", ""),
             account_id=record.get("account_id", ""),
             webhooks=record.get("webhooks", ""),
             name=record.get("name", ""),
-            metadata=json.loads(record.get("metadata") or "{}"),
+            metadata=_object(record.get("metadata", "")),
         )
+
+
+def _object(text: str) -> dict[str, Any]:
+    """A JSON object from a record; {} for a damaged one (logged), so the session still opens."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        log.warning("a session record holds %r where a JSON object belongs; using {}", text[:80])
+        return {}
+    return value
 
 
 @dataclass
