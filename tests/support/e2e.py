@@ -3,6 +3,7 @@ record of the scenario's phase timings (printed, and kept in test-artifacts/).""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import time
@@ -54,6 +55,8 @@ def start_site(client: docker.DockerClient, root: Path, published: bool = False)
     reach it as chatscale-fakesite:9000; returns its URL for the test: its IP on a bridge
     network, or a published loopback port (an overlay network is not reachable from the host)."""
     port = free_port()
+    with contextlib.suppress(docker.errors.NotFound):  # left by a run that was killed
+        client.containers.get(SITE).remove(force=True)
     container = client.containers.run(
         "chatscale-shard:latest",
         [
