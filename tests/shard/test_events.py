@@ -6,20 +6,17 @@ receiver is down for 30 s or the shard is SIGKILLed; dead letters replayed."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from support.procs import eventually
-from support.receiver import KEY, Receiver, delivering, serving
-from support.shards import Api, ShardFleet, scan
+from support.receiver import KEY, Receiver, delivering_to, serving
+from support.shards import Api, ShardFleet, log_in
 
-from autoscaler.webhooks.deliver import Deliverer
 from autoscaler.webhooks.letters import dead_letters, replay
 from chatscale_contract.keys import Keys
 from chatscale_contract.webhooks import Webhook
@@ -28,27 +25,12 @@ pytestmark = [pytest.mark.browser]
 KEYS = Keys("cs:")
 
 
-@contextlib.asynccontextmanager
-async def delivering_to(redis_url: str, hooks: list[Webhook]) -> AsyncIterator[Deliverer]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        async with delivering(client, hooks) as deliverer:
-            yield deliverer
-    finally:
-        await client.aclose()
+async def log_in_w1(api: Api, http: aiohttp.ClientSession, site: str, sid: str) -> None:
+    await log_in(api, http, site, sid, "4915100000042", {"workspace_id": "w1"})
 
 
 def hook(url: str, **retries: Any) -> Webhook:
     return Webhook.model_validate({"url": url, "hmac": {"key": KEY}, "retries": retries})
-
-
-async def logged_in(api: Api, http: aiohttp.ClientSession, site: str, sid: str) -> None:
-    code, body, _ = await api.call("PUT", f"/api/sessions/{sid}", {"workspace_id": "w1"})
-    assert code == 201, body
-    await api.wait_status(sid, "SCAN_QR_CODE")
-    _, qr, _ = await api.call("GET", f"/api/sessions/{sid}/qr?format=raw")
-    await scan(http, site, qr["qr"], "4915100000042")
-    await api.wait_status(sid, "WORKING")
 
 
 async def test_status_events_reach_the_receiver_signed_and_in_order(
@@ -60,7 +42,7 @@ async def test_status_events_reach_the_receiver_signed_and_in_order(
 ) -> None:
     api = Api(http, fleet.start("shard-1").url)
     async with delivering_to(redis_url, [hook(receiver.url)]) as deliverer:
-        await logged_in(api, http, site_url, "alice")
+        await log_in_w1(api, http, site_url, "alice")
         code, body, _ = await api.call("POST", "/api/sessions/alice/stop")
         assert code == 200, body
         want = ["STARTING", "SCAN_QR_CODE", "WORKING", "STOPPED"]
@@ -94,7 +76,7 @@ async def test_a_receiver_down_for_30_s_loses_nothing(
     hooks = [hook(receiver.url, policy="constant", delay_seconds=1, attempts=100)]
     async with delivering_to(redis_url, hooks):
         for sid in ("s1", "s2", "s3"):
-            await logged_in(api, http, site_url, sid)
+            await log_in_w1(api, http, site_url, sid)
         # The deliverer itself goes away mid-outage; the next one finds the backlog.
     await asyncio.sleep(max(0.0, 30 - (time.monotonic() - went_down)))
     assert receiver.refused > 0 and not receiver.got
@@ -119,7 +101,7 @@ async def test_an_event_outlives_the_shard_that_wrote_it(
 ) -> None:
     shard = fleet.start("shard-1")
     api = Api(http, shard.url)
-    await logged_in(api, http, site_url, "kept")  # no deliverer runs yet
+    await log_in_w1(api, http, site_url, "kept")  # no deliverer runs yet
     shard.proc.send_signal(signal.SIGKILL)  # right after the WORKING it reported
     shard.proc.wait(10)
     async with delivering_to(redis_url, [hook(receiver.url)]):

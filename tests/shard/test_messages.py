@@ -6,17 +6,15 @@ reloads, and not lost when the shard is SIGKILLed right after a message arrived.
 
 from __future__ import annotations
 
-import contextlib
 import signal
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 from support.procs import eventually
-from support.receiver import KEY, Receiver, delivering
-from support.shards import Api, ShardFleet, scan
+from support.receiver import KEY, Receiver, delivering_to
+from support.shards import Api, ShardFleet, log_in
 
 from autoscaler.webhooks.deliver import Deliverer
 from chatscale_contract.webhooks import Webhook
@@ -25,24 +23,10 @@ pytestmark = [pytest.mark.browser]
 ME, CONTACT = "4915100000042", "4915100000001"
 
 
-@contextlib.asynccontextmanager
-async def delivering_all(redis_url: str, url: str) -> AsyncIterator[Deliverer]:
+def delivering_all(redis_url: str, url: str) -> AbstractAsyncContextManager[Deliverer]:
+    """The deliverer, posting every event to `url`."""
     hook = Webhook.model_validate({"url": url, "events": ["*"], "hmac": {"key": KEY}})
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        async with delivering(client, [hook]) as deliverer:
-            yield deliverer
-    finally:
-        await client.aclose()
-
-
-async def logged_in(api: Api, http: aiohttp.ClientSession, site: str, sid: str) -> None:
-    code, body, _ = await api.call("PUT", f"/api/sessions/{sid}", {})
-    assert code == 201, body
-    await api.wait_status(sid, "SCAN_QR_CODE")
-    _, qr, _ = await api.call("GET", f"/api/sessions/{sid}/qr?format=raw")
-    await scan(http, site, qr["qr"], ME)
-    await api.wait_status(sid, "WORKING")
+    return delivering_to(redis_url, [hook])
 
 
 async def site(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -60,7 +44,7 @@ async def test_incoming_messages_and_acks_become_events_once(
 ) -> None:
     api = Api(http, fleet.start("shard-1").url)
     async with delivering_all(redis_url, receiver.url):
-        await logged_in(api, http, site_url, "alice")
+        await log_in(api, http, site_url, "alice", ME)
         incoming = await site(
             http, f"{site_url}/api/incoming", {"to": ME, "from": CONTACT, "text": "hi there"}
         )
@@ -118,7 +102,7 @@ async def test_a_message_outlives_a_shard_killed_as_it_arrived(
 ) -> None:
     shard = fleet.start("shard-1")
     api = Api(http, shard.url)
-    await logged_in(api, http, site_url, "bob")
+    await log_in(api, http, site_url, "bob", ME)
     body = {"to": ME, "from": CONTACT, "text": "are you there?"}
     incoming = await site(http, f"{site_url}/api/incoming", body)
     shard.proc.send_signal(signal.SIGKILL)  # the page may or may not have reported it yet

@@ -11,22 +11,13 @@ import aiohttp
 import pytest
 from support.procs import eventually, wait_for
 from support.sentinel import sentinel_set
-from support.shards import Api, ShardFleet, scan
+from support.shards import Api, ShardFleet, log_in
 
 from autoscaler.redisconn import connect
 from chatscale_contract.keys import Keys
 
 pytestmark = [pytest.mark.browser]
 KEYS = Keys("cs:")
-
-
-async def logged_in(api: Api, http: aiohttp.ClientSession, site: str, sid: str) -> None:
-    code, body, _ = await api.call("PUT", f"/api/sessions/{sid}", {})
-    assert code == 201, body
-    await api.wait_status(sid, "SCAN_QR_CODE")
-    _, qr, _ = await api.call("GET", f"/api/sessions/{sid}/qr?format=raw")
-    await scan(http, site, qr["qr"], "4915100000011")
-    await api.wait_status(sid, "WORKING")
 
 
 async def test_a_primary_failover_loses_no_session(
@@ -40,7 +31,7 @@ async def test_a_primary_failover_loses_no_session(
             shard = fleet.start("shard-1", HEARTBEAT_TIMEOUT="15")
             api = Api(http, shard.url)
             for sid in ("f1", "f2"):
-                await logged_in(api, http, site_url, sid)
+                await log_in(api, http, site_url, sid, "4915100000011")
             before = {
                 sid: await client.hmget(KEYS.session(sid), "owner", "token") for sid in ("f1", "f2")
             }

@@ -96,3 +96,14 @@ async def delivering(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@contextlib.asynccontextmanager
+async def delivering_to(redis_url: str, hooks: Sequence[Webhook]) -> AsyncIterator[Deliverer]:
+    """`delivering` with a Redis client of its own, for `redis_url`."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        async with delivering(client, hooks) as deliverer:
+            yield deliverer
+    finally:
+        await client.aclose()

@@ -143,6 +143,26 @@ async def scan(http: aiohttp.ClientSession, site: str, ref: str, phone: str) -> 
         assert resp.status == 200, await resp.text()
 
 
+async def log_in(
+    api: Api,
+    http: aiohttp.ClientSession,
+    site: str,
+    sid: str,
+    phone: str,
+    body: dict[str, Any] | None = None,
+    created: tuple[int, ...] = (201,),
+) -> None:
+    """Create `sid` (PUT `body`; its answer one of `created`), read its QR, "scan" it with the
+    stand-in's phone endpoint as `phone`, and wait until it is WORKING."""
+    code, answer, _ = await api.call("PUT", f"/api/sessions/{sid}", body or {})
+    assert code in created, answer
+    await api.wait_status(sid, "SCAN_QR_CODE")
+    code, qr, _ = await api.call("GET", f"/api/sessions/{sid}/qr?format=raw")
+    assert code == 200, qr
+    await scan(http, site, qr["qr"], phone)
+    await api.wait_status(sid, "WORKING")
+
+
 async def site_state(http: aiohttp.ClientSession, site: str) -> dict[str, Any]:
     async with http.get(f"{site}/api/state") as resp:
         return dict(await resp.json())
