@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,8 +20,10 @@ from support.shards import API_KEY
 class Checked:
     """Sends requests to a shard and checks each exchange against its OpenAPI document."""
 
-    def __init__(self, http: aiohttp.ClientSession, base: str, spec: OpenAPI):
-        self.http, self.base, self.spec = http, base, spec
+    def __init__(self, http: aiohttp.ClientSession, base: str, document: dict[str, Any]):
+        self.http, self.base = http, base
+        self.spec = OpenAPI.from_dict(document)
+        self.paths: list[str] = list(document["paths"])
         self.seen: set[tuple[str, str, int]] = set()
 
     async def call(
@@ -61,3 +64,25 @@ class Checked:
         while (await self.call("GET", f"/api/sessions/{sid}"))[1]["status"] != status:
             assert time.monotonic() < deadline, f"{sid} never reached {status}"
             await asyncio.sleep(0.2)  # each answer on the way is checked too
+
+    def tried(self) -> set[tuple[str, str]]:
+        """The document's operations this client sent: (method, path template)."""
+        return {(m, template_of(p, self.paths)) for m, p, _ in self.seen}
+
+
+def operations(document: dict[str, Any]) -> set[tuple[str, str]]:
+    """Every (method, path template) a document describes."""
+    return {
+        (method.upper(), path)
+        for path, item in document["paths"].items()
+        for method in item
+        if method != "parameters"
+    }
+
+
+def template_of(path: str, templates: list[str]) -> str:
+    """The path template (`/api/sessions/{id}`) a concrete path falls under, else the path."""
+    for template in templates:
+        if re.fullmatch(re.sub(r"\\\{[a-z]+\\\}", "[^/]+", re.escape(template)), path):
+            return template
+    return path
