@@ -47,9 +47,8 @@ def check_name(request: web.Request, sid: str) -> None:
 
 
 def check_seen(request: web.Request, sid: str, workspace: str | None) -> None:
-    """The key may see this existing session (`workspace` None: it does not exist). Another
-    tenant's session is answered as if it did not exist."""
-    check_name(request, sid)
+    """The key may see this existing session (`workspace` None: it does not exist), whose id
+    check_name passed. Another tenant's session is answered as if it did not exist."""
     if workspace is not None and not grant_of(request).may_see(sid, workspace):
         raise NoSession(f"no session {sid!r}")
 

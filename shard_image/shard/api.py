@@ -150,9 +150,7 @@ async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
 
 
 def path_id(request: web.Request) -> str:
-    sid = check_session_id(request.match_info["id"])
-    check_name(request, sid)
-    return sid
+    return check_session_id(request.match_info["id"])
 
 
 def spec_from(body: dict[str, Any]) -> SessionSpec:
@@ -237,7 +235,9 @@ class Where:
 
 
 async def visible(request: web.Request, sid: str) -> Where:
-    """Where the session is, once the request's key may see it (NoSession if it may not)."""
+    """Where the session is, once the request's key may see it: Forbidden for an id outside
+    its prefix (before anything is read), NoSession for another tenant's session."""
+    check_name(request, sid)
     where = await locate(request.app[SHARD], sid)
     if where.local is not None:
         check_seen(request, sid, where.local.spec.workspace_id)
@@ -352,7 +352,6 @@ async def create_legacy(request: web.Request) -> web.StreamResponse:
             return json_error(401, "missing or wrong api_key")
         request[GRANT] = grant
     sid = check_session_id(body.pop("session_id", None))
-    check_name(request, sid)
     return await ensure_started(request, sid, spec_from(body))
 
 
@@ -464,8 +463,7 @@ async def delete_session(request: web.Request) -> web.StreamResponse:
         await shard.manager.delete(sid)
         return web.json_response({"id": sid, "deleted": True})
     if where.remote_owner is None and where.record:
-        token = await shard.registry.claim(sid, reclaim=True, capacity=1 << 30)
-        await shard.registry.forget(sid, token)
+        await shard.registry.forget_idle(sid)
         return web.json_response({"id": sid, "deleted": True})
     return await elsewhere(request, where, sid)
 

@@ -91,7 +91,6 @@ class Guard:
 
     def __init__(self, policy: Policy):
         self.policy = policy
-        self.refused = 0
         self._warned: set[str] = set()
         """Refusals are logged as warnings once per message (Chromium's own background
         requests would repeat them every minute), then at debug level."""
@@ -121,7 +120,6 @@ class Guard:
             host, port, first = _destination(method, target, rest)
             upstream = await self._connect(host, port)
         except Refused as exc:
-            self.refused += 1
             new = str(exc) not in self._warned and len(self._warned) < 1000
             self._warned.add(str(exc))
             log.log(logging.WARNING if new else logging.DEBUG, "egress guard: %s", exc)

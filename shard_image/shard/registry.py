@@ -185,6 +185,10 @@ SNAPSHOT_ENCODING = "zlib+base64"
 """How snapshot data is stored: base64 text, so both sides read Redis with one decode mode."""
 
 
+UNBOUNDED = 1 << 30
+"""A capacity no shard reaches: for claims that do not open the session here."""
+
+
 class Full(Exception):
     """This shard already holds its capacity of sessions."""
 
@@ -279,6 +283,15 @@ class Registry:
             k.messages_seen(session_id),
         ]
         return bool(await self._forget(keys=keys, args=[session_id, self.shard_id, token]))
+
+    async def take(self, session_id: str) -> int:
+        """Claim a session no live shard runs, whatever this shard holds (to stop, rewrite or
+        forget it, not to run it); returns the token. Raises OwnedElsewhere."""
+        return await self.claim(session_id, reclaim=True, capacity=UNBOUNDED)
+
+    async def forget_idle(self, session_id: str) -> None:
+        """Forget a session no live shard runs (DELETE of a stopped session)."""
+        await self.forget(session_id, await self.take(session_id))
 
     async def mark_stopped(self, session_id: str) -> None:
         """Stop a session no live shard runs. Raises OwnedElsewhere if one does after all."""

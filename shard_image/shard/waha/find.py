@@ -11,7 +11,6 @@ from typing import Any
 from aiohttp import web
 
 from chatscale_contract.webhooks import hooks_text, session_hooks
-from shard.access import check_name
 from shard.api import BadRequest, Where, visible
 from shard.registry import Registry
 from shard.sessions import LiveSession, SessionSpec
@@ -37,7 +36,6 @@ async def find(request: web.Request, name: str, *, must_exist: bool = True) -> F
     """The session called `name`, wherever it lives. NoSession when there is none (and
     `must_exist`); NameTaken when the id is another name's."""
     sid = session_id(name)
-    check_name(request, sid)
     where = await visible(request, sid)
     if where.local is not None:
         known = where.local.spec.name or sid
@@ -125,7 +123,7 @@ async def write_stopped(registry: Registry, sid: str, spec: SessionSpec) -> None
     """Record a session that exists but does not run (WAHA's `start: false`, a logout of a
     stopped session): claimed, written and released in three fenced steps, so it is indexed
     and reported like any other session."""
-    token = await registry.claim(sid, reclaim=True, capacity=1 << 30)
+    token = await registry.take(sid)
     await registry.update(sid, token, {**spec.fields(), "status": "STOPPED", "error": ""})
     await registry.release(sid, token, keep_running=False)
 

@@ -59,10 +59,11 @@ class Hub:
                 await self._reader
 
     async def _follow(self) -> None:
-        last = "$"
+        last, salt = "$", ""
         while self.queues:
             try:
-                salt = await self.redis.get(self.keys.outbox_salt) or ""
+                # Set once per fleet (by the first deliverer): read until it is there.
+                salt = salt or await self.redis.get(self.keys.outbox_salt) or ""
                 rows = await self.redis.xread({self.keys.outbox: last}, block=BLOCK_MS, count=500)
             except RedisError as exc:
                 log.warning("live events: outbox unreadable: %s", exc)

@@ -9,6 +9,7 @@ activator; their answer is then put in WAHA's form here.
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
@@ -151,8 +152,7 @@ async def delete(request: web.Request) -> web.StreamResponse:
     if found.where.local is not None:
         await shard.manager.delete(found.sid)
     elif found.where.remote_owner is None:
-        token = await shard.registry.claim(found.sid, reclaim=True, capacity=1 << 30)
-        await shard.registry.forget(found.sid, token)
+        await shard.registry.forget_idle(found.sid)
     else:
         return await elsewhere(request, found.where, found.sid)
     return web.json_response({"name": found.name, "status": "STOPPED"})
@@ -178,13 +178,10 @@ async def stop(request: web.Request) -> web.StreamResponse:
 
 async def restart(request: web.Request) -> web.StreamResponse:
     found = await find(request, request.match_info["name"])
-    shard = request.app[SHARD]
     if found.where.remote_owner is not None:
         return await elsewhere(request, found.where, found.sid)
     if found.where.local is not None:
-        spec = found.where.local.spec
-        await shard.manager.stop(found.sid)
-        return await _dto(request, await start_here(request, found.sid, spec), found, 201)
+        return await _reopen(request, found, request.app[SHARD].manager.stop)
     return await _dto(request, await ensure_started(request, found.sid, None), found, 201)
 
 
@@ -195,15 +192,23 @@ async def logout(request: web.Request) -> web.StreamResponse:
     if found.where.remote_owner is not None:
         return await elsewhere(request, found.where, found.sid)
     if found.where.local is not None:
-        spec = found.where.local.spec
-        await shard.manager.delete(found.sid)
-        return await _dto(request, await start_here(request, found.sid, spec), found, 201)
+        return await _reopen(request, found, shard.manager.delete)
     spec = SessionSpec.from_record(found.where.record)
-    token = await shard.registry.claim(found.sid, reclaim=True, capacity=1 << 30)
-    await shard.registry.forget(found.sid, token)
+    await shard.registry.forget_idle(found.sid)
     await write_stopped(shard.registry, found.sid, spec)
     record = await shard.registry.record(found.sid)
     return web.json_response(views.session_dto(found.sid, record))
+
+
+async def _reopen(
+    request: web.Request, found: Found, close: Callable[[str], Awaitable[object]]
+) -> web.StreamResponse:
+    """Close the live session here (`close`: stop, or delete with its login) and open it again
+    with the same spec."""
+    assert found.where.local is not None
+    spec = found.where.local.spec
+    await close(found.sid)
+    return await _dto(request, await start_here(request, found.sid, spec), found, 201)
 
 
 async def me(request: web.Request) -> web.StreamResponse:
