@@ -113,6 +113,10 @@ class LocalSystem:
         self.autoscaler.wait(10)
         self.autoscaler = None
 
+    def nginx_pid(self) -> int:
+        """The pid of the front's nginx master."""
+        return int(Path(self.config["nginx"]["pid_path"]).read_text())
+
     def status(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.status_url}/api/status", timeout=5) as resp:
             return dict(json.load(resp))

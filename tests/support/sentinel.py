@@ -1,10 +1,12 @@
 """A Redis primary, a replica and three sentinels on loopback, owned by one test (all stopped at
-the end, also when the test fails)."""
+the end, also when the test fails). With `aof`, both servers keep an append-only file synced on
+every write, so a server SIGKILLed and started again comes back with everything it answered."""
 
 from __future__ import annotations
 
 import contextlib
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ class SentinelSet:
     sentinel_ports: tuple[int, ...] = field(
         default_factory=lambda: tuple(free_port() for _ in range(3))
     )
+    aof: bool = False
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -46,11 +49,31 @@ class SentinelSet:
         self.procs[name].wait(10)
         return port
 
+    def restart_servers(self, down_for: float) -> None:
+        """SIGKILL both servers, leave Redis down for `down_for` seconds, then start them again
+        from their files: the primary first (so it is still the one the sentinels name), then
+        the other as its replica."""
+        primary = self.primary()
+        for proc in (self.procs["primary"], self.procs["replica"]):
+            proc.kill()
+            proc.wait(10)
+        time.sleep(down_for)
+        for name, port in (("primary", self.primary_port), ("replica", self.replica_port)):
+            follow = () if port == primary else ("--replicaof", "127.0.0.1", str(primary))
+            self._server(name, port, *follow)
+
+    def start_again(self, port: int) -> None:
+        """Start the server on `port` again (after kill_primary), as a replica of the primary."""
+        name = "primary" if port == self.primary_port else "replica"
+        self._server(name, port, "--replicaof", "127.0.0.1", str(self.primary()))
+
     def _server(self, name: str, port: int, *extra: str) -> None:
         argv = [require_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1"]
-        argv += ["--save", "", "--appendonly", "no", "--dir", str(self.folder), *extra]
-        self.procs[name] = start(argv, self.folder / f"{name}.log")
-        wait_for(lambda: _pings(port), 10, f"redis {name} on {port}")
+        persist = ["--appendonly", "yes", "--appendfsync", "always"] if self.aof else []
+        argv += ["--save", "", "--appendonly", "no", *persist, "--dir", str(self.folder / name)]
+        (self.folder / name).mkdir(exist_ok=True)
+        self.procs[name] = start(argv + list(extra), self.folder / f"{name}.log")
+        wait_for(lambda: _pings(port), 30, f"redis {name} on {port}")
 
     def _sentinel(self, n: int, port: int) -> None:
         conf = self.folder / f"sentinel-{n}.conf"
@@ -73,9 +96,9 @@ def _pings(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def sentinel_set(folder: Path) -> Iterator[SentinelSet]:
+def sentinel_set(folder: Path, aof: bool = False) -> Iterator[SentinelSet]:
     folder.mkdir(parents=True, exist_ok=True)
-    found = SentinelSet(folder)
+    found = SentinelSet(folder, aof=aof)
     try:
         found._server("primary", found.primary_port)
         found._server(
