@@ -86,6 +86,7 @@ class FakeState:
         self.revoked: set[str] = set()
         self.messages: list[Message] = []
         self.version = 0
+        self.growth: dict[str, int] = {}  # phone -> MB its page is to allocate once
 
     def start_login(self) -> PendingLogin:
         now = self.clock()
@@ -186,7 +187,19 @@ class FakeState:
         """What changed for the account after change number `since` (the page polls this as
         WhatsApp Web listens on its socket)."""
         changed = [m for m in self.history(token) if m.version > since]
-        return {"version": self.version, "messages": [asdict(m) for m in changed]}
+        grow = self.growth.pop(self.account(token), 0)
+        return {"version": self.version, "messages": [asdict(m) for m in changed], "grow_mb": grow}
+
+    def grow(self, phone: object, megabytes: object) -> int:
+        """The account's open page will allocate (and touch) `megabytes` more, once: how a
+        leaking WhatsApp Web page looks to the machine."""
+        account = normalize_phone(phone)
+        if account not in self.sessions.values():
+            raise ApiError(404, "no logged-in account has that phone number")
+        if not isinstance(megabytes, int) or not 1 <= megabytes <= 16384:
+            raise ApiError(400, "mb must be a whole number from 1 to 16384")
+        self.growth[account] = self.growth.get(account, 0) + megabytes
+        return self.growth[account]
 
     def snapshot(self) -> dict[str, Any]:
         self.refresh()
@@ -291,6 +304,12 @@ async def acknowledge(request: web.Request) -> web.Response:
     return web.json_response(asdict(state_of(request).acknowledge(body.get("id"), body.get("ack"))))
 
 
+async def grow(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    pending = state_of(request).grow(body.get("phone"), body.get("mb"))
+    return web.json_response({"phone": body.get("phone"), "pending_mb": pending})
+
+
 async def api_state(request: web.Request) -> web.Response:
     return web.json_response(state_of(request).snapshot())
 
@@ -334,6 +353,7 @@ def create_app(qr_rotate_seconds: float = 20.0) -> web.Application:
     app.router.add_get("/api/updates", updates)
     app.router.add_post("/api/incoming", incoming)
     app.router.add_post("/api/ack", acknowledge)
+    app.router.add_post("/api/grow", grow)
     app.router.add_get("/api/state", api_state)
     app.router.add_get("/probe", probe)
     app.router.add_get("/redirect", redirect)

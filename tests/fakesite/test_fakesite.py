@@ -6,6 +6,7 @@ slow QR rotation) and an in-process app with fast rotation for the rotation test
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -347,3 +348,28 @@ async def test_api_rejects_bad_requests(site: str) -> None:
     )
     assert (await call("POST", f"{site}/api/logout", {"token": "nope"}))[0] == 401
     assert (await call("GET", f"{site}/api/login/poll?client=nope"))[0] == 404
+
+
+async def test_a_page_told_to_grow_holds_that_much_more_memory_once(
+    session: Session, site: str
+) -> None:
+    """POST /api/grow: the account's page allocates and touches that many MB on its next poll;
+    a reload starts small again (the growth is not replayed)."""
+    page = session.page
+    used = "() => performance.memory ? performance.memory.usedJSHeapSize : 0"
+    before = await page.evaluate(used)
+    status, body = await call("POST", f"{site}/api/grow", {"phone": session.phone, "mb": 64})
+    assert status == 200 and body["pending_mb"] == 64, body
+    await expect(page.locator(LOGGED_IN)).to_be_visible()
+    deadline = asyncio.get_running_loop().time() + 10
+    while await page.evaluate("() => ballast.length") < 64:
+        assert asyncio.get_running_loop().time() < deadline, "the page never grew"
+        await asyncio.sleep(0.1)
+    assert await page.evaluate(used) - before >= 60 * 2**20  # typed arrays: ~all counted
+    await page.reload()
+    await expect(page.locator(LOGGED_IN)).to_be_visible()
+    await asyncio.sleep(1)  # a few polls: nothing is pending any more
+    assert await page.evaluate("() => ballast.length") == 0
+    bad = [({"phone": session.phone, "mb": 0}, 400), ({"phone": "15550009999", "mb": 1}, 404)]
+    for request, expected in bad:
+        assert (await call("POST", f"{site}/api/grow", request))[0] == expected
