@@ -37,6 +37,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 PROJECT = "chaoslocal"
 CAPACITY = 3
 SESSIONS = ["chaos-a", "chaos-b", "chaos-c", "chaos-d"]
+EXTRA = ["chaos-more-1", "chaos-more-2", "chaos-more-3"]
+ROUNDS = int(os.environ.get("CHAOS_ROUNDS", "1"))
+"""Every fault once in the test suite; `CHAOS_ROUNDS=5 scripts/test tests/chaos` is the longer
+run (docs/benchmarks.md, reliability)."""
 
 
 def settings() -> dict[str, dict[str, object]]:
@@ -49,7 +53,7 @@ def settings() -> dict[str, dict[str, object]]:
             "max_shards": 4,
             "buffer": {"slots": 1, "percent": 0},
             "scale_up": {"max_step": 2},
-            "scale_down": {"stabilization": 600, "max_step": 1},
+            "scale_down": {"stabilization": 20, "max_step": 1},
         },
     }
 
@@ -98,39 +102,59 @@ async def _prepared(
 
 async def _run_faults(chaos: Chaos, sentinels: SentinelSet, system: LocalSystem) -> None:
     async with chaos.watching():
-        old = 0
+        for round_ in range(ROUNDS):
+            await _one_round(chaos, sentinels, system)
+            if round_ < ROUNDS - 1:
+                await _shrink(chaos, system)
 
-        async def primary_killed() -> None:
-            nonlocal old
-            old = sentinels.kill_primary()
 
-        await chaos.fault("Redis primary SIGKILLed (Sentinel promotes the replica)", primary_killed)
-        # The old primary back, as the new one's replica (what an operator or a supervisor does).
-        await asyncio.to_thread(
-            wait_for, lambda: sentinels.primary() != old, 30, "the sentinels' new primary"
-        )
-        await asyncio.to_thread(sentinels.start_again, old)
+async def _one_round(chaos: Chaos, sentinels: SentinelSet, system: LocalSystem) -> None:
+    old = 0
 
-        async def redis_restarted() -> None:
-            await asyncio.to_thread(sentinels.restart_servers, 3.0)
+    async def primary_killed() -> None:
+        nonlocal old
+        old = sentinels.kill_primary()
 
-        await chaos.fault("Redis SIGKILLed, gone 3 s, started again from its AOF", redis_restarted)
+    await chaos.fault("Redis primary SIGKILLed (Sentinel promotes the replica)", primary_killed)
+    # The old primary back, as the new one's replica (what an operator or a supervisor does).
+    await asyncio.to_thread(
+        wait_for, lambda: sentinels.primary() != old, 30, "the sentinels' new primary"
+    )
+    await asyncio.to_thread(sentinels.start_again, old)
 
-        async def nginx_killed() -> None:
-            os.kill(system.nginx_pid(), signal.SIGKILL)
+    async def redis_restarted() -> None:
+        await asyncio.to_thread(sentinels.restart_servers, 3.0)
 
-        await chaos.fault("nginx master SIGKILLed (the front agent starts it again)", nginx_killed)
+    await chaos.fault("Redis SIGKILLed, gone 3 s, started again from its AOF", redis_restarted)
 
-        async def autoscaler_killed_while_scaling() -> None:
-            # Three more sessions than the fleet has room for: it must scale out meanwhile.
-            placing = [asyncio.create_task(chaos.load.place(f"chaos-more-{n}")) for n in range(3)]
-            for _ in range(3):
-                await asyncio.sleep(2)
-                system.kill_autoscaler()
-                await asyncio.sleep(1)
-                await asyncio.to_thread(system.start_autoscaler)
-            await asyncio.wait_for(asyncio.gather(*placing), 180)
+    async def nginx_killed() -> None:
+        os.kill(system.nginx_pid(), signal.SIGKILL)
 
-        await chaos.fault(
-            "autoscaler SIGKILLed 3 times while it scales out", autoscaler_killed_while_scaling
-        )
+    await chaos.fault("nginx master SIGKILLed (the front agent starts it again)", nginx_killed)
+
+    async def autoscaler_killed_while_scaling() -> None:
+        # Three more sessions than the fleet has room for: it must scale out meanwhile.
+        placing = [asyncio.create_task(chaos.load.place(sid)) for sid in EXTRA]
+        for _ in range(3):
+            await asyncio.sleep(2)
+            system.kill_autoscaler()
+            await asyncio.sleep(1)
+            await asyncio.to_thread(system.start_autoscaler)
+        await asyncio.wait_for(asyncio.gather(*placing), 180)
+
+    await chaos.fault(
+        "autoscaler SIGKILLed 3 times while it scales out", autoscaler_killed_while_scaling
+    )
+
+
+async def _shrink(chaos: Chaos, system: LocalSystem) -> None:
+    """Between rounds: the extra sessions deleted and the fleet back to min_shards, so the next
+    round's autoscaler is killed while it scales out again."""
+    for sid in EXTRA:
+        assert await chaos.load.call("DELETE", f"/api/sessions/{sid}", "delete") == 200
+        chaos.load.created.discard(sid)
+
+    def two_shards() -> bool:
+        return len(system.status()["shards"]) == 2
+
+    await asyncio.to_thread(wait_for, two_shards, 180, "the fleet back to 2 shards", 1)

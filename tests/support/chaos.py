@@ -245,6 +245,8 @@ class Outcome:
     requests: int
     """Calls made from the fault until the audit."""
     problems: list[str]
+    notes: list[str] = field(default_factory=list)
+    """What the test saw happen (e.g. which process the kernel killed)."""
 
 
 async def until_serving(
@@ -363,6 +365,7 @@ def record(path: Any, mode: str, outcomes: list[Outcome]) -> None:
             "failed": o.failed,
             "requests": o.requests,
             "problems": o.problems,
+            "notes": o.notes,
         }
         for o in outcomes
     ]

@@ -30,8 +30,7 @@ from pathlib import Path
 
 import docker
 
-from chatscale_contract import proctree
-from support.procs import wait_for
+from support.procs import kill_by_command_line, unmount_under, wait_for
 from support.swarm import has_gwbridge, leave, remove_services, run, swarm_state
 
 BRIDGE = "csbr0"
@@ -180,17 +179,8 @@ def kill_node(node: Node) -> int:
     Container shims are daemons of their own, so they are found by the node's exec-root on
     their command line, and everything below them (the containers) with them. Returns how many
     processes were killed."""
-    marker = str(node.exec_root)
-    procs = proctree.scan(None)
-    roots = set()
-    for pid in procs:
-        with contextlib.suppress(OSError):
-            if marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-                roots.add(pid)
-    if node.proc is not None:
-        roots.add(node.proc.pid)
-    doomed = proctree.tree(procs, roots)
-    killed = proctree.kill(doomed)
+    also = [node.proc.pid] if node.proc is not None else []
+    killed = kill_by_command_line(str(node.exec_root), also)
     if node.proc is not None:
         node.proc.wait(30)
     return killed
@@ -225,10 +215,6 @@ def _teardown(state: Cluster) -> None:
 
 
 def _unmount(root: Path) -> None:
-    """A dockerd killed outright leaves its mounts (overlay, shm) under its roots."""
-    with contextlib.suppress(OSError):
-        mounts = Path("/proc/mounts").read_text().splitlines()
-        for target in sorted((m.split()[1] for m in mounts if str(root) in m), reverse=True):
-            subprocess.run(["umount", "-l", target], capture_output=True, timeout=30)
+    unmount_under(root)
     time.sleep(0.1)
     os.sync()

@@ -35,7 +35,16 @@ IMAGES = (
 class Compose:
     """Compose (v1 or v2) for the repository's compose file plus a test override."""
 
-    def __init__(self, tmp_path: Path, version: str, config: dict[str, Any]):
+    def __init__(
+        self,
+        tmp_path: Path,
+        version: str,
+        config: dict[str, Any],
+        engine: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ):
+        """`engine`: the Docker engine's socket path, when not the machine's; `extra`: more
+        of the test's compose override, e.g. {"networks": {"chatscale": {...}}}."""
         self.folder = tmp_path
         self.version = version
         self.ports = {
@@ -53,6 +62,12 @@ class Compose:
                 "nginx": {"volumes": [f"{config_path}:/etc/chatscale/config.yaml:ro"]},
             }
         }
+        if engine is not None:
+            socket = f"{engine}:/var/run/docker.sock"
+            override["services"]["autoscaler"]["volumes"].append(socket)
+        for section, entries in (extra or {}).items():
+            for name, values in entries.items():
+                override.setdefault(section, {}).setdefault(name, {}).update(values)
         (tmp_path / "override.yml").write_text(json.dumps(override))
         self.env = {
             **os.environ,
@@ -62,6 +77,8 @@ class Compose:
             "STATUS_PORT": str(self.ports["status"]),
             "COMPOSE_PROJECT_NAME": "chatscale",
         }
+        if engine is not None:
+            self.env["DOCKER_HOST"] = f"unix://{engine}"
         self.argv = [
             *COMPOSE[version],
             "-f",
@@ -75,9 +92,12 @@ class Compose:
         self.redis = f"redis://127.0.0.1:{self.ports['redis']}/0"
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*self.argv, *args], cwd=ROOT, env=self.env, check=check, capture_output=True, text=True
+        done = subprocess.run(
+            [*self.argv, *args], cwd=ROOT, env=self.env, capture_output=True, text=True
         )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"compose {' '.join(args)} failed: {done.stdout}{done.stderr}")
+        return done
 
     def down(self) -> None:
         logs = self.run("logs", "--no-color", "autoscaler", check=False)
@@ -86,16 +106,23 @@ class Compose:
 
 
 @contextlib.contextmanager
-def compose_system(folder: Path, version: str, config: dict[str, Any]) -> Iterator[Compose]:
-    """A Compose for `config` (not up yet); on the way out the stand-in site's container is
-    removed and everything is brought down, volumes included."""
-    client = docker.from_env()
+def compose_system(
+    folder: Path,
+    version: str,
+    config: dict[str, Any],
+    engine: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Iterator[Compose]:
+    """A Compose for `config` (not up yet) on the machine's engine or on `engine` (a socket
+    path); on the way out the stand-in site's container is removed and everything is brought
+    down, volumes included."""
+    client = docker.DockerClient(base_url=f"unix://{engine}") if engine else docker.from_env()
     missing = [i for i in IMAGES if not client.images.list(name=i)]
     if missing:
         raise RuntimeError(f"images missing: {missing}; run scripts/build-images --with-services")
     leftovers = client.containers.list(all=True, filters={"label": "chatscale.project=chatscale"})
     assert not leftovers, f"a chatscale fleet already runs here: {[c.name for c in leftovers]}"
-    system = Compose(folder, version, config)
+    system = Compose(folder, version, config, engine, extra)
     try:
         yield system
     finally:

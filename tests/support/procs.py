@@ -18,6 +18,8 @@ from pathlib import Path
 
 import redis
 
+from chatscale_contract import proctree
+
 
 def free_port() -> int:
     """A loopback port nobody listens on right now."""
@@ -180,3 +182,25 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
+
+
+def kill_by_command_line(marker: str, also: Sequence[int] = ()) -> int:
+    """SIGKILL every process whose command line contains `marker` (and the pids in `also`),
+    with everything below them; returns how many were killed. For daemons that detach from
+    whoever started them, e.g. a test dockerd's containerd and shims (named by its exec-root)."""
+    procs = proctree.scan(None)
+    roots = set(also)
+    for pid in procs:
+        with contextlib.suppress(OSError):
+            if marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                roots.add(pid)
+    return proctree.kill(proctree.tree(procs, roots))
+
+
+def unmount_under(root: Path) -> None:
+    """Lazily unmount everything mounted below `root` (a dockerd killed outright leaves its
+    overlay and shm mounts)."""
+    with contextlib.suppress(OSError):
+        mounts = Path("/proc/mounts").read_text().splitlines()
+        for target in sorted((m.split()[1] for m in mounts if str(root) in m), reverse=True):
+            subprocess.run(["umount", "-l", target], capture_output=True, timeout=30)

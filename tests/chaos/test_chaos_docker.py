@@ -1,0 +1,188 @@
+"""Chaos with Docker: `docker compose up` of the repository's compose file (real images, real
+Chromium in the shard containers) on a Docker engine of the test's own (support/ownengine.py),
+under the load and audit of the local chaos test (support/chaos.py):
+
+- a page grows past its shard's memory limit: the kernel's OOM killer kills inside the shard's
+  cgroup (seen as Docker's `oom` event); the session comes back without a new scan, whether the
+  shard reopened it in place or a replacement shard restored it;
+- the Docker daemon SIGKILLed and started again: it stops every container it finds running as
+  it starts; Redis (from its AOF), nginx and the autoscaler come back by their restart policy,
+  the autoscaler replaces the dead shards and every session is restored without a new scan.
+
+The stand-in site runs on the host, on the compose network's gateway address, so its logins
+outlive the engine's restart as WhatsApp's servers would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from support.chaos import Chaos, Load, beating_shards, record
+from support.compose import IMAGES, Compose, compose_system
+from support.e2e import e2e_config
+from support.ownengine import BRIDGE, Engine, own_engine
+from support.procs import free_port, http_ok, port_open, start, stop, wait_for
+from support.scenario import API_KEY
+from support.shards import Api, log_in
+
+from autoscaler.runtimes.base import LABEL_SHARD
+from chatscale_contract.keys import Keys
+
+pytestmark = [pytest.mark.docker, pytest.mark.browser, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+KEYS = Keys("cs:")
+CAPACITY = 2
+SESSIONS = ["chaos-w", "chaos-x", "chaos-y", "chaos-z"]
+PHONES = {sid: f"49151000010{n}" for n, sid in enumerate(SESSIONS)}
+ROUNDS = int(os.environ.get("CHAOS_ROUNDS", "1"))
+"""As in test_chaos_local.py."""
+GATEWAY = "10.98.7.1"
+NETWORK = {
+    "chatscale": {
+        "driver_opts": {"com.docker.network.bridge.name": BRIDGE},
+        "ipam": {"config": [{"subnet": "10.98.7.0/24", "gateway": GATEWAY}]},
+    }
+}
+
+
+def config(site: str) -> dict[str, Any]:
+    settings = e2e_config(ROOT)
+    settings["shard"].update(max_sessions=CAPACITY, memory_limit="1g")
+    settings["shard"]["env"]["WHATSAPP_URL"] = site
+    settings["policy"].update(min_shards=2, max_shards=4)
+    settings["policy"]["scale_down"]["stabilization"] = 600
+    return settings
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    with own_engine(tmp_path, IMAGES) as found:
+        yield found
+
+
+async def test_the_fleet_keeps_its_invariants_through_an_oom_kill_and_a_dockerd_crash(
+    engine: Engine, tmp_path: Path, artifacts_dir: Path
+) -> None:
+    port = free_port()
+    site = f"http://{GATEWAY}:{port}"
+    with compose_system(
+        tmp_path, "v2", config(site), engine.socket_path, {"networks": NETWORK}
+    ) as compose:
+        compose.run("up", "-d", "--no-build")
+        argv = [sys.executable, "-m", "fakesite", "--host", GATEWAY, "--port", str(port)]
+        env = {"PYTHONPATH": str(ROOT / "tests")}
+        site_proc = start([*argv, "--qr-rotate-seconds", "120"], tmp_path / "fakesite.log", env)
+        redis = aioredis.Redis.from_url(compose.redis, decode_responses=True, socket_timeout=5)
+        try:
+            wait_for(lambda: port_open(port, GATEWAY), 30, "the stand-in site")
+            timeout = aiohttp.ClientTimeout(total=30)
+            async with aiohttp.ClientSession(timeout=timeout) as http:
+                chaos = await _prepared(http, redis, engine, compose, site)
+                await _run_faults(chaos, engine, redis, site)
+        finally:
+            await redis.aclose()
+            stop(site_proc)
+    record(artifacts_dir, "docker", chaos.outcomes)
+    assert chaos.watch.violations == [], chaos.watch.violations
+    for outcome in chaos.outcomes:
+        assert outcome.problems == [], f"{outcome.fault}: {outcome.problems}"
+    assert len(chaos.load.accepted) > 20, "the load hardly sent anything"
+
+
+async def _prepared(
+    http: aiohttp.ClientSession, redis: aioredis.Redis, engine: Engine, compose: Compose, site: str
+) -> Chaos:
+    # (An open port says little here: Docker's userland proxy takes connections at once.)
+    wait_for(lambda: http_ok(f"{compose.front}/__chatscale/config"), 120, "the front serving")
+    api = Api(http, compose.front, API_KEY)
+    for sid in SESSIONS:
+        await log_in(api, http, site, sid, PHONES[sid], created=(201, 503))
+    for sid in SESSIONS:  # a 503 (no room yet) is a create a client repeats
+        await api.wait_status(sid, "WORKING", timeout=120)
+
+    async def shards() -> dict[str, str]:
+        return await beating_shards(redis, lambda addr: _address(engine, addr))
+
+    async def orphans() -> list[str]:
+        known = set(await redis.zrange(KEYS.shards, 0, -1))
+        with engine.client() as client:
+            found = client.containers.list(all=True, filters={"label": LABEL_SHARD})
+        ids = [c.labels[LABEL_SHARD] for c in found]
+        return [f"container of {s}" for s in ids if s not in known or ids.count(s) > 1]
+
+    load = Load(http, compose.front, SESSIONS)
+    return Chaos(http, compose.front, redis, site, shards, orphans, CAPACITY, load)
+
+
+def _address(engine: Engine, addr: str) -> str:
+    """A shard's heartbeat address (container name:port) as the host reaches it."""
+    name, port = addr.rsplit(":", 1)
+    with engine.client() as client:
+        networks = client.containers.get(name).attrs["NetworkSettings"]["Networks"]
+    return f"http://{networks['chatscale']['IPAddress']}:{port}"
+
+
+async def _run_faults(chaos: Chaos, engine: Engine, redis: aioredis.Redis, site: str) -> None:
+    async with chaos.watching():
+        for _ in range(ROUNDS):
+            await _one_round(chaos, engine, redis, site)
+
+
+async def _one_round(chaos: Chaos, engine: Engine, redis: aioredis.Redis, site: str) -> None:
+    container = ""
+
+    async def page_grows_past_the_limit() -> None:
+        nonlocal container
+        began = int(time.time())
+        owner = await redis.hget(KEYS.session(SESSIONS[0]), "owner")
+        container = _container_id(engine, f"chatscale-{owner}")
+        body = {"phone": PHONES[SESSIONS[0]], "mb": 1536}
+        async with chaos.http.post(f"{site}/api/grow", json=body) as resp:
+            assert resp.status == 200, await resp.text()
+        await asyncio.to_thread(_await_oom, engine, f"chatscale-{owner}", began)
+
+    outcome = await chaos.fault(
+        "a page grows past its shard's memory limit (OOM kill)", page_grows_past_the_limit
+    )
+    owner = await redis.hget(KEYS.session(SESSIONS[0]), "owner")
+    survived = _container_id(engine, f"chatscale-{owner}") == container
+    outcome.notes.append(
+        "the shard survived and reopened the page" if survived else "the shard was replaced"
+    )
+
+    async def dockerd_crashed() -> None:
+        await asyncio.to_thread(engine.kill)
+        await asyncio.sleep(2)
+        await asyncio.to_thread(engine.start)
+
+    await chaos.fault("the Docker daemon SIGKILLed and started again", dockerd_crashed, 300)
+
+
+def _container_id(engine: Engine, name: str) -> str:
+    with engine.client() as client:
+        return str(client.containers.get(name).id)
+
+
+def _await_oom(engine: Engine, container: str, since: int) -> None:
+    """Until Docker reports the kernel's OOM killer at work in `container` (fails after 90 s)."""
+    deadline = time.time() + 90
+    with engine.client() as client:
+        while time.time() < deadline:
+            events = client.events(
+                since=since, until=int(time.time()), filters={"event": "oom"}, decode=True
+            )
+            if any(
+                e.get("Actor", {}).get("Attributes", {}).get("name") == container for e in events
+            ):
+                return
+            time.sleep(1)
+    raise AssertionError(f"no OOM kill in {container} within 90 s")
