@@ -158,15 +158,15 @@ class Event:
                 stream_id,
                 fields["event"],
                 fields["session"],
-                json.loads(fields.get("payload", "{}")),
-                json.loads(fields.get("metadata", "{}")),
+                _object(fields.get("payload", "{}"), "payload"),
+                _object(fields.get("metadata", "{}"), "metadata"),
                 fields.get("only_url", ""),
                 fields.get("origin", ""),
                 salt,
                 tuple(stored_hooks(fields.get("hooks", ""))),
                 fields.get("me", ""),
             )
-        except (KeyError, json.JSONDecodeError) as exc:
+        except (KeyError, ValueError) as exc:  # JSONDecodeError is a ValueError
             raise ValueError(f"outbox entry {stream_id} is not an event: {exc}") from None
 
     @property
@@ -250,6 +250,14 @@ def session_hooks(raw: object) -> list[Webhook]:
 def hooks_text(hooks: list[Webhook]) -> str:
     """How a session's receivers are stored (in its record, and in each of its events)."""
     return json.dumps([h.model_dump() for h in hooks], separators=(",", ":")) if hooks else ""
+
+
+def _object(text: str, name: str) -> dict[str, Any]:
+    """`text` read as a JSON object; ValueError naming `name` for anything else."""
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} is not a JSON object")
+    return value
 
 
 def stored_hooks(text: str) -> list[Webhook]:

@@ -167,10 +167,19 @@ class Front:
                 for front_id in ids:
                     pipe.hgetall(self.keys.front(front_id))
                 rows = await pipe.execute()
-            return tuple(FrontReport.parse(raw) for raw in rows if raw)
-        except (RedisError, KeyError, ValueError) as exc:
+        except RedisError as exc:
             log.warning("front reports unreadable: %s", exc)
             return self.fronts
+        reports = []
+        for front_id, raw in zip(ids, rows, strict=True):
+            try:
+                if raw:
+                    reports.append(FrontReport.parse(raw))
+            except (KeyError, ValueError) as exc:
+                # One damaged report must not hide the others: that front counts as silent
+                # (its agent rewrites the whole hash every second).
+                log.warning("front report of %s unreadable, skipped: %s", front_id, exc)
+        return tuple(reports)
 
     def _failed(self, error: str) -> None:
         self.metrics.nginx_failures.inc()

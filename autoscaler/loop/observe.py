@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from autoscaler.engine.fleet import Fleet
+from autoscaler.front.render import check_addr
 from autoscaler.runtimes.base import Runtime, RuntimeFailure
 from chatscale_contract.beat import Beat
 from chatscale_contract.clock import Clock
@@ -82,11 +83,11 @@ class Observer:
         for shard_id, raw, members in zip(ids, rows[::2], rows[1::2], strict=True):
             if raw:
                 try:
-                    beats[shard_id] = Beat.parse(raw)
+                    beats[shard_id] = _usable(Beat.parse(raw))
                 except (ValueError, KeyError) as exc:
                     # One damaged heartbeat must not blind the fleet: that shard counts as
                     # silent (its next beat rewrites the whole hash), the rest as they are.
-                    log.warning("heartbeat of %s unreadable, skipped: %s", shard_id, exc)
+                    log.warning("heartbeat of %s unusable, skipped: %s", shard_id, exc)
             owners.update(dict.fromkeys(members, shard_id))
             owned[shard_id] = len(members)
         return beats, owners, owned
@@ -100,5 +101,20 @@ class Observer:
             # Registrations of activators gone for long are forgotten; recent ones are live.
             pipe.zremrangebyscore(self.keys.activators, "-inf", now - 6 * ACTIVATOR_TTL)
             pipe.zrangebyscore(self.keys.activators, now - ACTIVATOR_TTL, "+inf")
-            _, pending, orphans, _, activators = await pipe.execute()
+            _, pending, orphans, _, registered = await pipe.execute()
+        activators = []
+        for addr in registered:
+            problem = check_addr(addr)
+            if problem:  # nginx could not take it: every config rendered with it would fail
+                log.warning("activator registration %r unusable, skipped: %s", addr, problem)
+            else:
+                activators.append(addr)
         return int(pending), tuple(sorted(orphans)), tuple(sorted(activators))
+
+
+def _usable(beat: Beat) -> Beat:
+    """`beat`, unless nginx could not take its address (ValueError saying why)."""
+    problem = check_addr(beat.addr) if beat.addr else None
+    if problem:
+        raise ValueError(problem)
+    return beat

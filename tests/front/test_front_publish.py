@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -227,3 +228,19 @@ async def test_new_text_for_the_same_table_is_a_new_generation(kit: Kit) -> None
     assert kit.agent.version == version, "the same table"
     served = await asyncio.to_thread(Path(kit.settings.config_path).read_text)
     assert "proxy_read_timeout 99000ms" in served
+
+
+async def test_a_damaged_front_report_is_skipped_and_the_others_still_count(
+    kit: Kit, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Garbage under another front's key (its report unreadable) must not hide front-a's
+    report: front-a's confirmation still publishes the ring, and the damage is reported."""
+    await kit.redis.zadd(KEYS.fronts, {"front-z": kit.clock.time()})
+    await kit.redis.hset(KEYS.front("front-z"), mapping={"generation": "x", "ts": "soon"})
+    await kit.agent.step()
+    await kit.front.update(kit.fleet("shard-1"), dry_run=False)
+    await kit.agent.step()
+    with caplog.at_level(logging.WARNING):
+        await kit.front.update(kit.fleet("shard-1"), dry_run=False)
+    assert await kit.ring() == ["shard-1"], kit.front.error
+    assert "front report of front-z unreadable" in caplog.text

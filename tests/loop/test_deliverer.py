@@ -5,7 +5,9 @@ itself; a deliverer that loses the leadership stops sending, and the next one fi
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import pytest
 import redis.asyncio as aioredis
 from shard.registry import Registry
 from support.procs import eventually
@@ -71,3 +73,27 @@ async def test_a_deposed_deliverer_stops_and_the_next_leader_finishes(
             receiver.up = True
             async with delivering(aredis, hooks):  # the new leader
                 await eventually(lambda: in_order(receiver), 10, "every event, in order")
+
+
+async def test_garbage_in_the_outbox_is_dropped_and_reported_and_the_rest_delivered(
+    aredis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Entries no shard wrote (missing fields, bad JSON, JSON of the wrong shape, damaged stored
+    receivers) are dropped with a warning; the events around them still arrive, in order."""
+    garbage: list[dict[str, str]] = [
+        {"nothing": "here"},
+        {"event": "session.status", "session": "a", "payload": "{not json"},
+        {"event": "session.status", "session": "a", "payload": "[1, 2]", "metadata": "7"},
+        {"event": "session.status", "session": "zz", "payload": "{}", "hooks": "{oops"},
+        {"event": "session.status", "session": "a", "payload": "null", "me": "x" * 10_000},
+    ]
+    async with serving() as receiver, delivering(aredis, [hook(receiver)]):
+        with caplog.at_level(logging.WARNING):
+            for fields in garbage:
+                await aredis.xadd(KEYS.outbox, fields)
+            await write_changes(aredis)
+            await eventually(lambda: in_order(receiver), 10, "every real event, in order")
+            # Damaged stored receivers cost the event only those: the fleet's still get it.
+            await eventually(lambda: len(receiver.messages("zz", "session.status")) == 1, 5, "zz")
+    dropped = [r.getMessage() for r in caplog.records if "is not an event" in r.getMessage()]
+    assert len(dropped) == 4, caplog.text
