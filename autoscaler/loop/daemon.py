@@ -32,6 +32,7 @@ from autoscaler.loop.act import Actor, ActSettings
 from autoscaler.loop.events import Event, EventLog
 from autoscaler.loop.leader import LeaderLock
 from autoscaler.loop.observe import Observer
+from autoscaler.loop.samples import Samples
 from autoscaler.metrics import Metrics
 from autoscaler.redisconn import connect
 from autoscaler.runtimes import make_runtime
@@ -67,6 +68,8 @@ class State:
     fleet: Fleet | None = None
     observed: Observed | None = None
     decisions: deque[Decision] = field(default_factory=lambda: deque(maxlen=DECISIONS_KEPT))
+    samples: Samples = field(default_factory=Samples)
+    """The last hour of sessions, capacity, shards and memory (the status page's charts)."""
     leader: bool = False
     config_error: str = ""
     last_error: str = ""
@@ -203,6 +206,7 @@ class Daemon:
                     ring = self.front.table.ring()
                     events += await self.actor.adopt_orphans(fleet, ring, policy.dry_run)
         self.state.fleet, self.state.observed = fleet, observed
+        self.state.samples.add(now, observed)
         self._export(observed, plan, leader)
         duration = self.clock.monotonic() - started
         decision = Decision(now, plan, leader, duration, tuple(events))

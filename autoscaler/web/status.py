@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from autoscaler.activator.hold import Activator
 from autoscaler.engine.model import ShardState
 from autoscaler.loop.daemon import Daemon, Decision
 from autoscaler.web.appkeys import ACTIVATOR, DAEMON, DELIVERER
+from autoscaler.web.charts import charts, folded
 from autoscaler.web.webhooks import replay_json, summary, webhooks_json
 from autoscaler.webhooks.deliver import Deliverer
 from chatscale_contract.ids import InvalidSessionId, check_session_id, shard_number
@@ -116,6 +118,7 @@ def status(daemon: Daemon, activator: Activator | None = None) -> dict[str, Any]
         "shards": shards,
         "nodes": _nodes(daemon),
         "decisions": [_decision(d) for d in list(state.decisions)[:20]],
+        "history": [asdict(sample) for sample in state.samples],
         "nginx": {
             "enabled": config.nginx.enabled,
             "applied_version": front.applied.version if front.applied else None,
@@ -274,7 +277,12 @@ async def page(request: web.Request) -> web.Response:
             {"kind": "error", "shard": "", "reason": str(exc), "outcome": "", "detail": "", "ts": 0}
         ]
     html = _TEMPLATES.get_template("status.html.j2").render(
-        s=data, events=events, lookup=lookup, states=[s.value for s in ShardState]
+        s=data,
+        events=events,
+        lookup=lookup,
+        states=[s.value for s in ShardState],
+        charts=charts(list(daemon.state.samples), daemon.clock.time()),
+        decisions=folded([_decision(d) for d in daemon.state.decisions])[:10],
     )
     return web.Response(text=html, content_type="text/html")
 

@@ -33,7 +33,6 @@ from support.shards import Api, log_in
 from autoscaler.redisconn import connect
 from autoscaler.runtimes.local import shard_roots
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
 PROJECT = "chaoslocal"
 CAPACITY = 3
 SESSIONS = ["chaos-a", "chaos-b", "chaos-c", "chaos-d"]
@@ -41,6 +40,7 @@ EXTRA = ["chaos-more-1", "chaos-more-2", "chaos-more-3"]
 ROUNDS = int(os.environ.get("CHAOS_ROUNDS", "1"))
 """Every fault once in the test suite; `CHAOS_ROUNDS=5 scripts/test tests/chaos` is the longer
 run (docs/benchmarks.md, reliability)."""
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(300 + 300 * ROUNDS)]
 
 
 def settings() -> dict[str, dict[str, object]]:

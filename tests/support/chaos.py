@@ -244,6 +244,8 @@ class Outcome:
     """Calls that failed (no answer, or not 2xx) from the fault on, by kind and status."""
     requests: int
     """Calls made from the fault until the audit."""
+    sends_accepted: int
+    """Sends answered 201 in that time (the audit checks each was delivered exactly once)."""
     problems: list[str]
     notes: list[str] = field(default_factory=list)
     """What the test saw happen (e.g. which process the kernel killed)."""
@@ -305,7 +307,7 @@ class Chaos:
         the load and audit."""
         self.load.start()
         await asyncio.sleep(3)
-        began = time.monotonic()
+        began, accepted = time.monotonic(), len(self.load.accepted)
         try:
             await inject()
             await until_serving(self.http, self.front, self.load.sessions, timeout)
@@ -320,7 +322,8 @@ class Chaos:
             self.http, self.redis, self.site, await self.shards(), self.load, self.capacity
         )
         recovered = round(max(serving, self.load.last_failure(began)) - began, 1)
-        outcome = Outcome(name, recovered, failures, len(self.load.since(began)), problems)
+        sent = len(self.load.accepted) - accepted
+        outcome = Outcome(name, recovered, failures, len(self.load.since(began)), sent, problems)
         self.outcomes.append(outcome)
         print(f"chaos: {outcome}")
         return outcome
@@ -364,6 +367,7 @@ def record(path: Any, mode: str, outcomes: list[Outcome]) -> None:
             "recovered_s": o.recovered_s,
             "failed": o.failed,
             "requests": o.requests,
+            "sends_accepted": o.sends_accepted,
             "problems": o.problems,
             "notes": o.notes,
         }

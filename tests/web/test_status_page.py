@@ -212,5 +212,47 @@ async def test_the_generated_key_is_shown_and_keys_off_is_a_warning(loop: Loop) 
             async with http.get(f"{url}/") as resp:
                 warned = await resp.text()
     assert f'<code id="generated-key">{key}</code>' in page
+    assert '<p class="muted" id="keys">2 key(s);' in page
     assert auth == {"mode": "keys", "keys": 2, "generated_key": key}, "and the shards' own"
     assert 'id="keys-off"' in warned
+
+
+async def test_the_last_hour_is_charted_and_repeated_decisions_folded(
+    loop: Loop, artifacts_dir: Path
+) -> None:
+    """Sessions come and go over a few minutes (of the loop's clock): the page charts them as
+    inline SVG (no script, nothing fetched), one point per 10 s sample, and the steady passes
+    in between show as one decisions row with a count."""
+    daemon = await loop.daemon(make_config(loop.redis_url, min_shards=2))
+    await loop.converge(daemon, lambda: loop.beating(2), "2 beating shards")
+    for minute in range(4):
+        if minute:
+            assert await loop.runtime.shard(f"shard-{minute % 2 + 1}").create(f"m{minute}")
+        for _ in range(200):  # 60 s at 0.3 s a pass
+            await loop.step(daemon)
+    samples = len(daemon.state.samples)
+    assert samples >= 24, samples
+    async for url in serve(daemon):
+        await _charts_seen(url, samples, artifacts_dir)
+
+
+async def _charts_seen(url: str, samples: int, artifacts_dir: Path) -> None:
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=DEBIAN_CHROMIUM, args=list(CHROMIUM_ARGS)
+        )
+        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        fetched: list[str] = []
+        page.on("request", lambda request: fetched.append(request.url))
+        await page.goto(url)
+        lines = page.locator("#charts polyline[data-series=sessions]")
+        assert await lines.get_attribute("data-points") == str(samples)
+        assert await page.locator("#charts svg").count() == 3
+        legend = await page.locator("#charts figcaption").first.inner_text()
+        assert "sessions 3 " in legend and "capacity 10 " in legend, legend
+        repeat = await page.locator("#decisions .repeat").first.inner_text()
+        times = "\u00d7"
+        assert repeat.startswith(times) and int(repeat[1:].split()[0]) > 10, repeat
+        assert fetched == [url + "/"], f"the page fetched more than itself: {fetched}"
+        await page.screenshot(path=str(artifacts_dir / "status-page-hour.png"), full_page=True)
+        await browser.close()
