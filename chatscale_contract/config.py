@@ -168,6 +168,23 @@ class ScaleDown(Frozen):
     """Most shards drained or stopped in one reconcile pass."""
 
 
+class Recycle(Frozen):
+    """Replacing shards that run too long or with old settings, a few at a time: each is
+    drained (its sessions move to other shards from their snapshots, no new scan) and a new one
+    takes its place. Only while no shard is dead or restoring; a recycle that needs room first
+    starts one more shard (within max_shards)."""
+
+    max_age: PositiveFloat | None = None
+    """Seconds after its start at which a shard is replaced (browsers leak memory). None: never."""
+    outdated: bool = False
+    """Replace shards started with other shard settings than the running config (a rolling
+    update; the status page marks them "outdated")."""
+    max_at_once: PositiveInt = 1
+    """Most shards draining for a recycle at the same time."""
+    paused: bool = False
+    """Start no new recycle (those under way finish)."""
+
+
 class Buffer(Frozen):
     slots: int = Field(default=5, ge=0)
     """Free session slots to keep ready for new sessions."""
@@ -206,6 +223,7 @@ class Policy(Frozen):
     """Windows that raise min_shards, e.g. before a known daily peak."""
     dry_run: bool = False
     """Decide and report, but start, stop and reload nothing."""
+    recycle: Recycle = Recycle()
     idle_to_zero: PositiveFloat | None = None
     """Seconds without any session and without any waiting request after which the fleet goes
     to zero shards, whatever min_shards and the buffer say (an open schedule window still

@@ -14,6 +14,8 @@ Rules, in the order they apply:
    to the highest recommendation of the scale-down window, and only once history covers it.
 4. Actions: replace dead shards; cancel drains before starting new shards; scale down by draining
    the emptiest shards (stop only empty ones); stop draining shards once empty.
+5. Recycling (policy.recycle): when the fleet is calm, drain the next due shard (outdated, or
+   older than max_age) if the others have room for its sessions, else start one more first.
 """
 
 from __future__ import annotations
@@ -154,12 +156,17 @@ def decide(observed: Observed, policy: Policy, history: History, now: float) -> 
         # once whatever the stabilization windows say.
         desired = min(max(desired, bounded(0, policy, now)[0]), policy.max_shards)
     taken = {shard_number(s.id) for s in observed.shards}
-    grow = _grow(draining, desired - current, policy, taken, observed.room)
-    cancelled = {a.shard_id for a in grow if a.kind == ActionKind.CANCEL_DRAIN}
     # While a dead shard is being brought back (or its replacement, still starting, restores
     # its sessions) those sessions are in flight; shrinking now would move them twice.
     recovering = dead + [s for s in groups[ShardState.STARTING] if s.sessions > 0]
-    shrink = [] if recovering else _shrink(live, current - desired, policy)
+    recycle = _recycle(groups, observed, policy, desired, current, bool(recovering))
+    if recycle.wanted:
+        # No scale-down while shards are recycled: the room they need must stay.
+        desired = min(max(desired, current + recycle.surge), policy.max_shards)
+    recycling = {s.id for s in draining if _due(s, policy)}
+    grow = _grow(draining, desired - current, policy, taken, observed.room, recycling)
+    cancelled = {a.shard_id for a in grow if a.kind == ActionKind.CANCEL_DRAIN}
+    shrink = [] if recovering or recycle.wanted else _shrink(live, current - desired, policy)
     # Replacements are bounded like starts: a whole fleet silent at once more likely means a
     # problem on our side than that many crashes, and a bounded pace limits the damage.
     replace = dead[: policy.scale_up.max_step]
@@ -167,9 +174,11 @@ def decide(observed: Observed, policy: Policy, history: History, now: float) -> 
         *(Action(ActionKind.REPLACE, s.id, _dead_reason(s)) for s in replace),
         *grow,
         *shrink,
+        *recycle.actions,
         *_finish_drains(draining, skip=cancelled),
     ]
     reasons = (*need.reasons, *bound_reasons, *stable_reasons, *_overdue(draining, policy, now))
+    reasons = (*reasons, *recycle.reasons)
     reasons = (*reasons, *_room_reasons(observed, grow, desired - current), *observed.notes)
     if desired < current and recovering:
         reasons = (*reasons, "scale-down waits until replaced shards have their sessions back")
@@ -196,13 +205,19 @@ def _dead_reason(shard: ShardView) -> str:
 
 
 def _grow(
-    draining: list[ShardView], deficit: int, policy: Policy, taken: set[int], room: int | None
+    draining: list[ShardView],
+    deficit: int,
+    policy: Policy,
+    taken: set[int],
+    room: int | None,
+    recycling: set[str],
 ) -> list[Action]:
-    """Cancel drains first (their shards are warm and hold sessions), then start new shards,
-    as many as the runtime has room for."""
+    """Cancel drains first (their shards are warm and hold sessions; never a recycle's), then
+    start new shards, as many as the runtime has room for."""
     if deficit <= 0:
         return []
-    fullest_first = sorted(draining, key=lambda s: -s.sessions)
+    cancellable = [s for s in draining if s.id not in recycling]
+    fullest_first = sorted(cancellable, key=lambda s: -s.sessions)
     actions = [
         Action(
             ActionKind.CANCEL_DRAIN, s.id, "load returned; cancelling a drain beats a cold start"
@@ -215,6 +230,58 @@ def _grow(
     for number in _free_numbers(taken, starts):
         actions.append(Action(ActionKind.START, shard_id(number), f"scale up by {deficit}"))
     return actions
+
+
+@dataclass(frozen=True)
+class _Recycling:
+    wanted: bool = False
+    """A shard is due and may be recycled now or as soon as there is room."""
+    surge: int = 0
+    """Shards to start first, so the recycled shard's sessions have somewhere to go."""
+    actions: tuple[Action, ...] = ()
+    reasons: tuple[str, ...] = ()
+
+
+def _due(shard: ShardView, policy: Policy) -> str:
+    """Why `shard` should be recycled ("" when it should not)."""
+    recycle = policy.recycle
+    if recycle.outdated and shard.outdated:
+        return "recycle: started with other shard settings (rolling update)"
+    if recycle.max_age is not None and shard.age is not None and shard.age > recycle.max_age:
+        return f"recycle: running {shard.age / 3600:.1f} h (max_age {recycle.max_age:g} s)"
+    return ""
+
+
+def _recycle(
+    groups: dict[ShardState, list[ShardView]],
+    observed: Observed,
+    policy: Policy,
+    desired: int,
+    current: int,
+    recovering: bool,
+) -> _Recycling:
+    """Drain the next due shard (outdated first, then the oldest) when the other ready shards
+    can take its sessions; else ask for one more shard first. Never while a shard is dead or
+    restoring, while shards start for the load, or beyond max_at_once."""
+    ready = groups[ShardState.READY]
+    due = sorted(
+        (s for s in ready if _due(s, policy)), key=lambda s: (not s.outdated, -(s.age or 0))
+    )
+    under_way = sum(1 for s in groups[ShardState.DRAINING] if _due(s, policy))
+    if not due or policy.recycle.paused:
+        return _Recycling(reasons=("recycling paused",) if due else ())
+    if recovering or groups[ShardState.STARTING] or desired > current:
+        return _Recycling(True, reasons=(f"recycle of {due[0].id} waits: the fleet is busy",))
+    if under_way >= policy.recycle.max_at_once:
+        return _Recycling(True, reasons=(f"{len(due)} more shard(s) due for recycling",))
+    shard = due[0]
+    free = sum(max(0, observed.max_sessions - s.sessions) for s in ready if s.id != shard.id)
+    if free < shard.sessions:
+        if current >= policy.max_shards:
+            return _Recycling(reasons=(f"recycle of {shard.id} waits: no room, max_shards",))
+        why = f"one more shard first: {shard.id}'s {shard.sessions} session(s) need room"
+        return _Recycling(True, 1, reasons=(why,))
+    return _Recycling(True, actions=(Action(ActionKind.DRAIN, shard.id, _due(shard, policy)),))
 
 
 def _room_reasons(observed: Observed, grow: list[Action], deficit: int) -> list[str]:

@@ -9,7 +9,7 @@ shrinks the fleet.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from autoscaler.engine.cluster import Cluster, room
 from autoscaler.engine.model import Observed, ShardState, ShardView
@@ -76,6 +76,8 @@ class FleetLimits:
     memory_limit_bytes: int
     heartbeat_timeout: float
     boot_timeout: float
+    fingerprint: str = ""
+    """The running config's shard settings (Config.fingerprint); "" marks nothing outdated."""
 
     @classmethod
     def of(cls, config: Config) -> FleetLimits:
@@ -84,6 +86,7 @@ class FleetLimits:
             memory_limit_bytes=parse_size(config.shard.memory_limit),
             heartbeat_timeout=config.heartbeat.timeout,
             boot_timeout=config.shard.boot_timeout,
+            fingerprint=config.fingerprint(),
         )
 
 
@@ -136,7 +139,10 @@ def to_observed(fleet: Fleet, limits: FleetLimits) -> Observed:
         owned = fleet.owned.get(shard_id, 0)
         state = classify(instance, beat, owned, fleet.now, limits, fleet.fresh_since)
         if state is not None:
-            views.append(_view(shard_id, state, beat, owned, fleet.now))
+            view = _view(shard_id, state, beat, owned, fleet.now)
+            hashed = instance.config_hash if instance is not None else ""
+            outdated = bool(hashed and limits.fingerprint and hashed != limits.fingerprint)
+            views.append(replace(view, outdated=outdated))
     space = room(fleet.cluster) if fleet.cluster is not None else None
     return Observed(
         tuple(views),
@@ -170,6 +176,7 @@ def _view(shard_id: str, state: ShardState, beat: Beat | None, owned: int, now: 
     # The registry's session set is the truth about ownership; a live heartbeat can lag it by
     # one interval, so the larger of the two is used (never under-count a busy shard).
     sessions = max(beat.sessions, owned)
+    age = now - beat.started_at if beat.started_at else None
     return ShardView(
-        shard_id, state, sessions, beat.memory_bytes, now - beat.ts, beat.draining_since
+        shard_id, state, sessions, beat.memory_bytes, now - beat.ts, beat.draining_since, age
     )

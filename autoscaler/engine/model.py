@@ -34,6 +34,10 @@ class ShardView:
     heartbeat_age: float | None = None
     draining_since: float | None = None
     """Epoch seconds when the drain began, for the drain deadline."""
+    age: float | None = None
+    """Seconds since the shard process started (from its heartbeat); None when unknown."""
+    outdated: bool = False
+    """Started with other shard settings than the running config."""
 
 
 @dataclass(frozen=True)

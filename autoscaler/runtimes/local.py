@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from autoscaler.engine.cluster import Cluster
 from autoscaler.runtimes.base import RuntimeFailure, ShardInstance, by_number, shard_env
 from chatscale_contract import proctree
@@ -27,6 +29,9 @@ from chatscale_contract.ids import shard_number
 
 log = logging.getLogger(__name__)
 MARKER = "CHATSCALE_SHARD"
+CONFIG_MARKER = "CHATSCALE_SETTINGS_HASH"
+"""The fingerprint of the shard settings a process was started with (Docker keeps it in a
+label): a shard started before a settings change is "outdated"."""
 # Detach the shard from the autoscaler: a new session, and a fork whose parent exits at once, so
 # the shard is adopted by init (never our zombie) and lives on when the autoscaler stops.
 _DETACH = (
@@ -87,6 +92,7 @@ class LocalRuntime:
             **shard_env(self.config, shard_id, self.addr(shard_id), port),
             "HOST": self.config.runtime.local.host,
             MARKER: self._marker(shard_id),
+            CONFIG_MARKER: self.config.fingerprint(),
         }
         command = list(self.config.runtime.local.command)
         log_path = self.folder / f"{self.config.runtime.project}-{shard_id}.log"
@@ -141,7 +147,12 @@ class LocalRuntime:
         except ValueError:
             return None
         detail = f"pid {proc.pid}"
-        return ShardInstance(shard_id, True, proc.start, self.addr(shard_id), detail=detail)
+        config_hash = ""
+        with contextlib.suppress(psutil.Error):
+            config_hash = psutil.Process(proc.pid).environ().get(CONFIG_MARKER, "")
+        return ShardInstance(
+            shard_id, True, proc.start, self.addr(shard_id), detail=detail, config_hash=config_hash
+        )
 
 
 def shard_roots(project: str) -> dict[str, proctree.Proc]:

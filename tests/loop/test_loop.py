@@ -217,3 +217,36 @@ async def test_heartbeats_lost_during_a_redis_outage_do_not_replace_the_fleet(lo
         assert not decision.plan.actions, decision.plan
         await loop.converge(daemon, lambda: loop.beating(3), "the same 3 shards beating again")
     assert sorted(loop.runtime.starts) == ["shard-1", "shard-2", "shard-3"], "nothing replaced"
+
+
+async def test_shards_past_max_age_are_replaced_one_at_a_time_keeping_every_session(
+    loop: Loop,
+) -> None:
+    """recycle.max_age: each shard, once too old, is drained (its sessions adopted by others)
+    and stopped, and a new one takes its place; never two at once, nothing lost."""
+    config = make_config(loop.redis_url, min_shards=2, recycle={"max_age": 30})
+    daemon = await loop.daemon(config)
+    await loop.converge(daemon, lambda: loop.beating(2))
+    for shard_id, sids in (("shard-1", "ab"), ("shard-2", "cd")):
+        for sid in sids:
+            assert await loop.runtime.shard(shard_id).create(sid)
+    most_draining = 0
+    first = {s: loop.runtime.shard(s).started_at for s in loop.runtime.running()}
+
+    async def renewed() -> bool:
+        nonlocal most_draining
+        running = loop.runtime.running()
+        draining = [s for s in running if loop.runtime.shard(s).draining]
+        most_draining = max(most_draining, len(draining))
+        # (ids are reused: a new shard-1 is a new process, started later)
+        new = all(loop.runtime.shard(s).started_at > max(first.values()) for s in running)
+        total = sum([await loop.owned(s) for s in running])
+        return new and total == 4
+
+    await loop.converge(daemon, renewed, "both shards replaced, 4 sessions kept", passes=600)
+    assert len(loop.runtime.running()) == 2, loop.runtime.running()
+    assert most_draining == 1, "max_at_once (1) recycle at a time"
+    events = await daemon.events.recent(100)
+    drains = [e for e in events if e.kind == "drain"]
+    assert {e.shard for e in drains} == {"shard-1", "shard-2"}
+    assert all("recycle" in e.reason for e in drains), [e.reason for e in drains]
