@@ -177,8 +177,9 @@ class Recycle(Frozen):
     max_age: PositiveFloat | None = None
     """Seconds after its start at which a shard is replaced (browsers leak memory). None: never."""
     outdated: bool = False
-    """Replace shards started with other shard settings than the running config (a rolling
-    update; the status page marks them "outdated")."""
+    """Replace shards started with other shard settings than the running config, or (Docker)
+    from an older image than shard.image names now: a rolling update (the status page marks
+    them "outdated")."""
     max_at_once: PositiveInt = 1
     """Most shards draining for a recycle at the same time."""
     paused: bool = False

@@ -246,7 +246,7 @@ def _due(shard: ShardView, policy: Policy) -> str:
     """Why `shard` should be recycled ("" when it should not)."""
     recycle = policy.recycle
     if recycle.outdated and shard.outdated:
-        return "recycle: started with other shard settings (rolling update)"
+        return "recycle: started with other shard settings or an older image (rolling update)"
     if recycle.max_age is not None and shard.age is not None and shard.age > recycle.max_age:
         return f"recycle: running {shard.age / 3600:.1f} h (max_age {recycle.max_age:g} s)"
     return ""

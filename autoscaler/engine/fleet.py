@@ -43,6 +43,14 @@ class ShardInstance:
     is pending, assigned, preparing, starting)."""
     node: str = ""
     """The id of the machine it runs on, where the runtime has several (a Swarm node id)."""
+    image_changed: bool = False
+    """The shard image's name (shard.image) now names another image than the one this shard
+    runs: a new build or pull under the same tag."""
+
+    def outdated(self, fingerprint: str) -> bool:
+        """Started with other shard settings than `fingerprint`, or from an older image."""
+        settings = bool(self.config_hash and fingerprint and self.config_hash != fingerprint)
+        return settings or self.image_changed
 
 
 @dataclass(frozen=True)
@@ -140,8 +148,7 @@ def to_observed(fleet: Fleet, limits: FleetLimits) -> Observed:
         state = classify(instance, beat, owned, fleet.now, limits, fleet.fresh_since)
         if state is not None:
             view = _view(shard_id, state, beat, owned, fleet.now)
-            hashed = instance.config_hash if instance is not None else ""
-            outdated = bool(hashed and limits.fingerprint and hashed != limits.fingerprint)
+            outdated = instance is not None and instance.outdated(limits.fingerprint)
             views.append(replace(view, outdated=outdated))
     space = room(fleet.cluster) if fleet.cluster is not None else None
     return Observed(

@@ -116,7 +116,17 @@ class DockerRuntime:
     def _list(self) -> list[ShardInstance]:
         label = f"{LABEL_PROJECT}={self.config.runtime.project}"
         containers = self._call(self.client.containers.list, all=True, filters={"label": label})
-        return by_number([self._instance(c) for c in containers if LABEL_SHARD in c.labels])
+        image = self._image_id()
+        return by_number([self._instance(c, image) for c in containers if LABEL_SHARD in c.labels])
+
+    def _image_id(self) -> str:
+        """The id of the image shard.image names now ("" when the engine has none by it)."""
+        import docker.errors
+
+        try:
+            return str(self.client.images.get(self.config.shard.image).id)
+        except docker.errors.DockerException:
+            return ""
 
     def _start(self, shard_id: str) -> ShardInstance:
         existing = self._find(shard_id)
@@ -159,7 +169,8 @@ class DockerRuntime:
         except docker.errors.DockerException as exc:
             raise RuntimeFailure(f"docker: {exc}") from exc
 
-    def _instance(self, container: Container) -> ShardInstance:
+    def _instance(self, container: Container, image: str = "") -> ShardInstance:
+        """`image`: the id shard.image names now, to tell a shard on an older image."""
         state = container.attrs.get("State", {})
         host_config = container.attrs.get("HostConfig", {})
         shard_id = container.labels[LABEL_SHARD]
@@ -174,6 +185,7 @@ class DockerRuntime:
             memory_limit_bytes=int(host_config.get("Memory") or 0),
             detail=container.status,
             labels=dict(container.labels),
+            image_changed=bool(image and container.attrs.get("Image") not in ("", None, image)),
         )
 
     @staticmethod

@@ -204,11 +204,7 @@ def _shards(daemon: Daemon) -> list[dict[str, Any]]:
                 "runtime": instance.detail if instance else "missing",
                 "node": (instance.node or None) if instance else None,
                 # Started with other shard settings than the running config (until replaced).
-                "outdated": bool(
-                    instance
-                    and instance.config_hash
-                    and instance.config_hash != daemon.config.fingerprint()
-                ),
+                "outdated": bool(instance and instance.outdated(daemon.config.fingerprint())),
             }
         )
     return rows

@@ -7,9 +7,10 @@ the autoscaler reach it by its socket. Teardown, also on failure: every containe
 removed, the dockerd stopped (started again first if the test left it killed), leftover shims
 killed, mounts and folders removed, the iptables rule below deleted.
 
-The one change outside its folders: an iptables rule letting traffic cross the bridge of the
-compose network (named BRIDGE by the test's override). The machine's engine sets FORWARD's
-policy to DROP, and with bridge netfilter on, traffic between two containers passes that chain.
+Outside its folders: the engine's default bridge (DEFAULT_BRIDGE, made here) and an iptables
+rule letting traffic cross the bridge of the compose network (named BRIDGE by the test's
+override): the machine's engine sets FORWARD's policy to DROP, and with bridge netfilter on,
+traffic between two containers passes that chain. Both are removed at teardown.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ from support.procs import kill_by_command_line, require_binary, unmount_under, w
 
 POOL = "10.98.0.0/16"
 BRIDGE = "cschaos0"
+DEFAULT_BRIDGE = "cschaosd"
+"""The engine's own default bridge, made by the harness. Never `--bridge=none` in the
+machine's network namespace: a dockerd started so deletes the interface `docker0`, which is
+the machine's engine's (seen: its builds then failed)."""
+DEFAULT_SUBNET = "10.98.255.1/24"
 FORWARD = ["FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]
 
 
@@ -65,7 +71,7 @@ class Engine:
             "--pidfile", str(self.root / "docker.pid"),
             "--iptables=false",
             "--ip-masq=false",
-            "--bridge=none",
+            f"--bridge={DEFAULT_BRIDGE}",
             "--default-address-pool", f"base={POOL},size=24",
         ]  # fmt: skip
         with self.log.open("ab") as out:
@@ -101,16 +107,27 @@ class Engine:
 def own_engine(folder: Path, images: tuple[str, ...]) -> Iterator[Engine]:
     """`folder` keeps the log; the engine's roots go in a short folder of their own (a socket
     path must stay under 108 characters)."""
-    if Path(f"/sys/class/net/{BRIDGE}").exists():
-        raise RuntimeError(f"{BRIDGE} exists: another test's engine runs, or one left it")
+    for name in (BRIDGE, DEFAULT_BRIDGE):
+        if Path(f"/sys/class/net/{name}").exists():
+            raise RuntimeError(f"{name} exists: another test's engine runs, or one left it")
+    machines_bridge = Path("/sys/class/net/docker0")
+    had_bridge = machines_bridge.exists()
     engine = Engine(Path(tempfile.mkdtemp(prefix="cse-")), folder / "dockerd.log")
     try:
         subprocess.run(["iptables", "-w", "-I", FORWARD[0], "1", *FORWARD[1:]], check=True)
+        for argv in (
+            ["ip", "link", "add", DEFAULT_BRIDGE, "type", "bridge"],
+            ["ip", "addr", "add", DEFAULT_SUBNET, "dev", DEFAULT_BRIDGE],
+            ["ip", "link", "set", DEFAULT_BRIDGE, "up"],
+        ):
+            subprocess.run(argv, check=True, capture_output=True)
         engine.start()
         engine.load(images)
         yield engine
     finally:
         _teardown(engine)
+    if had_bridge and not machines_bridge.exists():
+        raise RuntimeError("the machine's engine lost its docker0 bridge during the test")
 
 
 def _teardown(engine: Engine) -> None:
@@ -131,6 +148,7 @@ def _teardown(engine: Engine) -> None:
     kill_by_command_line(str(engine.root))  # what is left: containerd, shims, containers
     unmount_under(engine.root)
     shutil.rmtree(engine.root, ignore_errors=True)
-    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
+    for name in (BRIDGE, DEFAULT_BRIDGE):
+        subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
     while subprocess.run(["iptables", "-w", "-D", *FORWARD], capture_output=True).returncode == 0:
         pass  # every copy of the rule this harness added
