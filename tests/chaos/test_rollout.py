@@ -100,7 +100,11 @@ def _change_shard_settings(system: LocalSystem) -> None:
 
 
 def _until_rolled_out(system: LocalSystem, draining: set[int]) -> None:
-    """Until no shard is outdated or draining (noting how many drained at once)."""
+    """Until the autoscaler has read the new settings (a shard shows as outdated), then until
+    no shard is outdated or draining (noting how many drained at once)."""
+
+    def seen() -> bool:
+        return any(s["outdated"] for s in system.status()["shards"])
 
     def done() -> bool:
         shards = system.status()["shards"]
@@ -108,4 +112,5 @@ def _until_rolled_out(system: LocalSystem, draining: set[int]) -> None:
         fresh = [s for s in shards if s["state"] == "ready" and not s["outdated"]]
         return len(fresh) == len(shards) >= 2
 
+    wait_for(seen, 30, "the autoscaler to read the new shard settings", interval=0.2)
     wait_for(done, 360, "every shard replaced", interval=0.5)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import time
 from collections.abc import Callable
 
+import docker
 from support.harness import Harness
 
 from autoscaler.loop.daemon import Daemon
@@ -72,8 +74,10 @@ async def test_a_new_image_under_the_same_tag_rolls_out_one_shard_at_a_time(
         assert most_draining == 1, "one at a time (max_at_once 1)"
         assert kinds.count("drain") >= 2 and kinds.count("stop") >= 2, kinds
     finally:
-        h.docker.images.remove(tag, force=True)
-        h.docker.images.remove(newer, force=True)
+        h.cleanup()  # the containers first: an image in use cannot be removed
+        h.docker.images.remove(tag, force=True)  # (the new build goes with its only tag)
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            h.docker.images.remove(newer, force=True)
 
 
 def _derived_image(h: Harness, base: str) -> str:
