@@ -52,6 +52,22 @@ class BadRequest(Exception):
     """The request is malformed; the message says what to fix."""
 
 
+class BodyTooLarge(web.HTTPRequestEntityTooLarge):
+    """413 for a body over its route's limit (shard/errors.py names the limit)."""
+
+    def __init__(self, limit: int, actual: int) -> None:
+        super().__init__(max_size=limit, actual_size=actual)
+        self.limit = limit
+
+
+BODY_LIMIT = 64 * 1024
+"""Bytes of JSON a create or an update may carry (spec, metadata, the session's receivers)."""
+SEND_LIMIT = 32 * 1024
+"""Bytes of JSON a send may carry: room for MAX_TEXT characters, each escaped as \\uXXXX."""
+KEY_LIMIT = 4 * 1024
+"""Bytes of JSON a new API key's request may carry."""
+
+
 def routes() -> list[web.RouteDef]:
     return [
         web.get("/health", health),
@@ -135,9 +151,15 @@ async def shard_header(request: web.Request, handler: Handler) -> web.StreamResp
 # --- request parsing ------------------------------------------------------------------------
 
 
-async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
-    """The JSON object body (empty body: {}) and the raw bytes for forwarding."""
+async def read_json(request: web.Request, limit: int = BODY_LIMIT) -> tuple[dict[str, Any], bytes]:
+    """The JSON object body (empty body: {}) and the raw bytes for forwarding; 413 naming
+    `limit` for a longer body (before reading it, when its length is declared)."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(limit, declared)
     raw = await request.read()
+    if len(raw) > limit:
+        raise BodyTooLarge(limit, len(raw))
     if not raw.strip():
         return {}, raw
     try:
@@ -502,7 +524,7 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     await admit_send(request)
     if where.local is None:
         return await elsewhere(request, where, sid)
-    body, _ = await read_json(request)
+    body, _ = await read_json(request, SEND_LIMIT)
     to, text = body.get("to"), body.get("text")
     if not isinstance(to, str) or not to:
         raise BadRequest("to must be a non-empty string (a phone number)")

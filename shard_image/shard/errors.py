@@ -25,8 +25,9 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         if exc.status < 400 or exc.content_type == "application/json":
             raise
         message = exc.text or exc.reason
-        if exc.status == 413:
-            message = f"request body too large (limit {request.app['max_body']} bytes)"
+        if exc.status == 413:  # the route's own limit, else the app's
+            limit = getattr(exc, "limit", request.app["max_body"])
+            message = f"request body too large (limit {limit} bytes)"
         return json_error(exc.status, message.removeprefix(f"{exc.status}: "))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)

@@ -12,7 +12,7 @@ from aiohttp import web
 from chatscale_contract.auth import FROM_API, Grant, key_hash, new_key
 from chatscale_contract.ids import PATTERN
 from shard.access import check_admin
-from shard.api import BadRequest, read_json
+from shard.api import KEY_LIMIT, BadRequest, read_json
 from shard.errors import json_error
 from shard.state import SHARD
 
@@ -61,7 +61,7 @@ async def list_keys(request: web.Request) -> web.Response:
 
 async def create_key(request: web.Request) -> web.Response:
     check_admin(request)
-    body, _ = await read_json(request)
+    body, _ = await read_json(request, KEY_LIMIT)
     grant = _grant_from(body)
     if any(g.name == grant.name for g in (await _grants(request)).values()):
         return json_error(409, f"a key named {grant.name!r} exists; delete it first")

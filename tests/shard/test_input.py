@@ -75,7 +75,8 @@ async def raw_put(
         (b'{"options": "yes"}', 400, "options must be an object"),
         (b'{"workspace_id": {"a": 1}}', 400, "workspace_id must be a string or a number"),
         (b'{"options": {"url": "ftp://x"}}', 400, "url must be http(s)"),
-        (b"{" + b'"x": "' + b"a" * (2 * 1024 * 1024) + b'"}', 413, "request body too large"),
+        (b"{" + b'"x": "' + b"a" * (2 * 1024 * 1024) + b'"}', 413, "too large (limit 65536 bytes)"),
+        (b"{" + b'"x": "' + b"a" * (70 * 1024) + b'"}', 413, "too large (limit 65536 bytes)"),
     ],
 )
 async def test_bad_bodies(
@@ -135,3 +136,29 @@ async def test_legacy_create_form(shard: ShardProc, http: aiohttp.ClientSession)
         "POST", "/api/sessions", {"session_id": "Old2", "api_key": API_KEY}
     )
     assert code == 400 and "lowercase" in body["error"]
+
+
+@pytest.mark.parametrize(
+    ("path", "size", "limit", "waha"),
+    [
+        ("/api/sessions/alice/messages", 40 * 1024, 32 * 1024, False),
+        ("/api/keys", 5 * 1024, 4 * 1024, False),
+        ("/waha/api/sendText", 40 * 1024, 32 * 1024, True),
+        ("/waha/api/sessions", 70 * 1024, 64 * 1024, True),
+    ],
+)
+async def test_each_route_has_its_own_body_limit(
+    shard: ShardProc, http: aiohttp.ClientSession, path: str, size: int, limit: int, waha: bool
+) -> None:
+    """Bodies over a route's limit are refused before anything is read into a session: 413,
+    in the surface's own error form, naming the limit."""
+    api = Api(http, shard.url)
+    if "/messages" in path:  # a send is checked by the session's owner: one must exist
+        assert (await api.call("PUT", "/api/sessions/alice", {}))[0] in (200, 201)
+    body = {"text": "x" * size, "to": "15550001111", "name": "k", "chatId": "1@c.us"}
+    code, answer, _ = await api.call("POST", path, body)
+    assert code == 413, answer
+    message = answer["message"] if waha else answer["error"]
+    assert f"request body too large (limit {limit} bytes)" == message, answer
+    if waha:
+        assert answer["statusCode"] == 413 and answer["error"] == "Request Entity Too Large"

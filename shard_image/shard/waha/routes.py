@@ -20,6 +20,7 @@ from aiohttp import web
 
 from shard.access import scoped, workspace_for
 from shard.api import (
+    SEND_LIMIT,
     BadRequest,
     elsewhere,
     ensure_started,
@@ -251,7 +252,7 @@ async def screenshot(request: web.Request) -> web.StreamResponse:
 
 
 async def send_text(request: web.Request) -> web.StreamResponse:
-    body, _ = await read_json(request)
+    body, _ = await read_json(request, SEND_LIMIT)
     name, text = body.get("session") or DEFAULT_NAME, body.get("text")
     phone = phone_of(body.get("chatId"))
     if not isinstance(text, str) or not text:
