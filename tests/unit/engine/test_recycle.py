@@ -95,3 +95,13 @@ def test_no_recycle_while_a_shard_is_dead_paused_or_the_fleet_full() -> None:
     full = [shard(n, 10) for n in range(2, 5)]
     p = plan(shard(1, 10, age_h=30), *full)
     assert kinds(p) == [] and any("max_shards" in r for r in p.reasons)
+
+
+def test_a_new_shard_that_never_comes_up_holds_the_rollout_and_the_old_ones_keep_serving() -> None:
+    """A broken new image: its shard stays starting, then dies and is replaced again and again;
+    meanwhile no outdated shard is drained, so the old ones keep every session."""
+    old = (shard(1, 4, outdated=True), shard(2, 3, outdated=True))
+    p = plan(*old, shard(3, 0, state=STARTING), outdated=True)
+    assert kinds(p) == [] and any("waits" in r for r in p.reasons)
+    p = plan(*old, shard(3, 0, state=DEAD), outdated=True)
+    assert kinds(p) == [("replace", "shard-3")]
