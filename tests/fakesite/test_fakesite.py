@@ -370,6 +370,6 @@ async def test_a_page_told_to_grow_holds_that_much_more_memory_once(
     await expect(page.locator(LOGGED_IN)).to_be_visible()
     await asyncio.sleep(1)  # a few polls: nothing is pending any more
     assert await page.evaluate("() => ballast.length") == 0
-    bad = [({"phone": session.phone, "mb": 0}, 400), ({"phone": "15550009999", "mb": 1}, 404)]
+    bad = [({"phone": session.phone, "mb": 0}, 400), ({"phone": "15550007777", "mb": 1}, 404)]
     for request, expected in bad:
         assert (await call("POST", f"{site}/api/grow", request))[0] == expected

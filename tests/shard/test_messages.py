@@ -6,6 +6,7 @@ reloads, and not lost when the shard is SIGKILLed right after a message arrived.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -83,6 +84,10 @@ async def test_incoming_messages_and_acks_become_events_once(
             http, f"{site_url}/api/incoming", {"to": ME, "from": CONTACT, "text": "still there?"}
         )
         await eventually(lambda: len(receiver.messages("alice", "message")) == 2, 20, "2nd")
+        # Its message.any goes out right after it: wait for that too, and a moment more, so a
+        # duplicate would have arrived.
+        await eventually(lambda: len(receiver.messages("alice", "message.any")) >= 3, 20, "any")
+        await asyncio.sleep(1)
     assert [m["id"] for m in receiver.messages("alice", "message")] == [incoming["id"], later["id"]]
     assert [m["id"] for m in receiver.messages("alice", "message.any")] == [
         incoming["id"],

@@ -1,7 +1,7 @@
 """A Docker engine of the test's own, which the test may SIGKILL and start again.
 
 A second dockerd beside the machine's, with its own data-root, exec-root, socket, pid file and
-address pool (10.98.0.0/16), and without iptables rules of its own: the machine's engine is
+default bridge, and without iptables rules of its own: the machine's engine is
 never touched. The images a test needs are copied in (`docker save | docker load`). Compose and
 the autoscaler reach it by its socket. Teardown, also on failure: every container and network
 removed, the dockerd stopped (started again first if the test left it killed), leftover shims
@@ -28,12 +28,13 @@ import docker
 
 from support.procs import kill_by_command_line, require_binary, unmount_under, wait_for
 
-POOL = "10.98.0.0/16"
 BRIDGE = "cschaos0"
 DEFAULT_BRIDGE = "cschaosd"
-"""The engine's own default bridge, made by the harness. Never `--bridge=none` in the
-machine's network namespace: a dockerd started so deletes the interface `docker0`, which is
-the machine's engine's (seen: its builds then failed)."""
+"""The engine's own default bridge, made by the harness. A second dockerd in the machine's
+network namespace must not delete `docker0`, the machine's engine's bridge (seen: its builds
+then failed). Moby deletes it by name when started with `--bridge=none`, and when restarted
+after a crash with `--default-address-pool` set: so neither is used here (the test's networks
+name their subnets)."""
 DEFAULT_SUBNET = "10.98.255.1/24"
 FORWARD = ["FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]
 
@@ -72,7 +73,6 @@ class Engine:
             "--iptables=false",
             "--ip-masq=false",
             f"--bridge={DEFAULT_BRIDGE}",
-            "--default-address-pool", f"base={POOL},size=24",
         ]  # fmt: skip
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
