@@ -7,7 +7,7 @@ and deletes scratch sessions. Every call is kept, so a fault's cost is counted a
 `audit` checks what must hold after any fault: no session lost (registry record, snapshot, a live
 context on its owner), none live on two shards and every live context holding the registry's
 fencing token, no shard over capacity, nothing deleted coming back, every accepted send delivered
-exactly once and no send delivered twice. `DoubleWatch` checks the second invariant all along.
+exactly once and no send delivered twice. `Watch` checks the second and third all along.
 """
 
 from __future__ import annotations
@@ -66,7 +66,6 @@ class Load:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _numbers: itertools.count[int] = field(default_factory=itertools.count)
     _scratch: itertools.count[int] = field(default_factory=itertools.count)
-
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def start(self) -> None:
