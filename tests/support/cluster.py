@@ -30,7 +30,7 @@ from pathlib import Path
 
 import docker
 
-from support.procs import kill_by_command_line, unmount_under, wait_for
+from support.procs import copy_images, kill_by_command_line, unmount_under, wait_for
 from support.swarm import has_gwbridge, leave, remove_services, run, swarm_state
 
 BRIDGE = "csbr0"
@@ -159,14 +159,7 @@ def _load_images(node: Node, images: tuple[str, ...]) -> None:
     """No registry here: each node gets the images by `docker save | docker load`."""
     if not images:
         return
-    with subprocess.Popen(["docker", "save", *images], stdout=subprocess.PIPE) as save:
-        subprocess.run(
-            ["docker", "-H", node.socket, "load", "-q"],
-            stdin=save.stdout,
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
+    copy_images(node.socket, images)
 
 
 def _ready(manager: docker.DockerClient) -> int:

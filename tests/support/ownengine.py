@@ -26,7 +26,7 @@ from pathlib import Path
 
 import docker
 
-from support.procs import kill_by_command_line, require_binary, unmount_under, wait_for
+from support.procs import copy_images, kill_by_command_line, require_binary, unmount_under, wait_for
 
 BRIDGE = "cschaos0"
 DEFAULT_BRIDGE = "cschaosd"
@@ -92,15 +92,7 @@ class Engine:
         self.proc = None
 
     def load(self, images: tuple[str, ...]) -> None:
-        """No registry here: the machine's engine saves the images, this one loads them."""
-        with subprocess.Popen(["docker", "save", *images], stdout=subprocess.PIPE) as save:
-            subprocess.run(
-                ["docker", "-H", self.host, "load", "-q"],
-                stdin=save.stdout,
-                check=True,
-                capture_output=True,
-                timeout=600,
-            )
+        copy_images(self.host, images)
 
 
 @contextlib.contextmanager

@@ -204,3 +204,16 @@ def unmount_under(root: Path) -> None:
         mounts = Path("/proc/mounts").read_text().splitlines()
         for target in sorted((m.split()[1] for m in mounts if str(root) in m), reverse=True):
             subprocess.run(["umount", "-l", target], capture_output=True, timeout=30)
+
+
+def copy_images(docker_host: str, images: Sequence[str]) -> None:
+    """No registry here: the machine's engine saves `images`, the engine at `docker_host`
+    (e.g. unix:///path/docker.sock) loads them."""
+    with subprocess.Popen(["docker", "save", *images], stdout=subprocess.PIPE) as save:
+        subprocess.run(
+            ["docker", "-H", docker_host, "load", "-q"],
+            stdin=save.stdout,
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
