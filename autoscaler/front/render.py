@@ -85,6 +85,7 @@ def context(table: RouteTable, settings: NginxSettings) -> dict[str, Any]:
         "body_size": parse_size(settings.client_max_body_size),
         "id_pattern": ids.PATTERN,
         "shards": shards,
+        "backups": backups(shards, ring),
         "ring": ring,
         "pool": pool,
         "ring_upstream": RING_UPSTREAM if ring else nowhere,
@@ -100,6 +101,30 @@ def context(table: RouteTable, settings: NginxSettings) -> dict[str, Any]:
         "map_hash_max_size": max_size,
         "map_hash_bucket_size": bucket_size,
     }
+
+
+def backups(shards: list[RouteShard], ring: list[str], count: int = 2) -> dict[str, list[str]]:
+    """For each shard, the `count` ring members after it (in shard order) that take its requests
+    when it refuses the connection: a shard stopped after a drain, or dead, before the next
+    table reaches nginx. They forward each request to the session's owner (shard/routing.py)
+    or hold it while the session moves (shard/handoff.py). Purely computational."""
+    result: dict[str, list[str]] = {}
+    for shard in shards:
+        others = [addr for addr in ring if addr != shard.addr]
+        if not others:
+            result[shard.id] = []
+            continue
+        later = [a for a in others if ring.index(a) > _position(ring, shard.addr, shards)]
+        result[shard.id] = (later + [a for a in others if a not in later])[:count]
+    return result
+
+
+def _position(ring: list[str], addr: str, shards: list[RouteShard]) -> int:
+    """Where `addr` is (or would be) in `ring`, which lists addresses in shard order."""
+    if addr in ring:
+        return ring.index(addr)
+    order = [s.addr for s in shards]
+    return sum(1 for a in ring if order.index(a) < order.index(addr)) - 1
 
 
 def check_table(table: RouteTable) -> list[str]:

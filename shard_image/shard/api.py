@@ -33,9 +33,10 @@ from shard.access import (
 from shard.catalog import BadQuery, Catalog, query_from
 from shard.drivers import DEFAULT_DRIVER, MAX_TEXT, DriverError, Unsupported
 from shard.errors import Handler, json_error
+from shard.handoff import hold
 from shard.limits import Limited, admit_create, admit_send
 from shard.registry import Full, OwnedElsewhere
-from shard.sessions import Draining, LiveSession, NotHere, SessionSpec
+from shard.sessions import Draining, LiveSession, NotHere, SessionSpec, Status
 from shard.state import SHARD, Shard
 from shard.waha.names import BadName, NameTaken, NoSession
 from shard.waha.names import session_id as waha_id
@@ -279,6 +280,29 @@ async def locate(shard: Shard, sid: str) -> Where:
     return Where(None, record, remote)
 
 
+def moving(where: Where) -> bool:
+    """Between two shards for a moment (a drain's hand-off, a reopen from the snapshot): a
+    request that needs the page is worth holding (shard/handoff.py)."""
+    if where.local is not None:
+        return where.local.status == Status.STARTING and where.local.restored
+    if where.remote_owner is not None or not where.record:
+        return False
+    record = where.record
+    return record.get("desired", "running") == "running" and record.get("status") not in (
+        Status.STOPPED,
+        Status.FAILED,
+    )
+
+
+async def settled(request: web.Request, sid: str, where: Where | None = None) -> Where:
+    """Where the session is (`visible`), once it is no longer moving or HANDOFF_WAIT passed."""
+    shard = request.app[SHARD]
+    if where is None:
+        where = await visible(request, sid)
+    wait = shard.settings.handoff_wait
+    return await hold(where, moving, lambda: locate(shard, sid), wait)
+
+
 async def elsewhere(request: web.Request, where: Where, sid: str) -> web.StreamResponse:
     """Answer for a session not live here: forward to its owner, or say why not."""
     shard = request.app[SHARD]
@@ -496,11 +520,11 @@ async def get_qr(request: web.Request) -> web.StreamResponse:
     fmt = request.query.get("format", "png")
     if fmt not in ("png", "raw"):
         raise BadRequest("format must be 'png' or 'raw'")
-    where = await visible(request, sid)
+    await settled(request, sid)
     try:
         raw, png = await shard.manager.qr(sid, image=fmt == "png")
     except NotHere:
-        return await elsewhere(request, where, sid)
+        return await elsewhere(request, await settled(request, sid), sid)
     if fmt == "raw":
         return web.json_response({"id": sid, "qr": raw})
     return web.Response(body=png, content_type="image/png")
@@ -509,18 +533,18 @@ async def get_qr(request: web.Request) -> web.StreamResponse:
 async def get_screenshot(request: web.Request) -> web.StreamResponse:
     shard = request.app[SHARD]
     sid = path_id(request)
-    where = await visible(request, sid)
+    await settled(request, sid)
     try:
         png = await shard.manager.screenshot(sid)
     except NotHere:
-        return await elsewhere(request, where, sid)
+        return await elsewhere(request, await settled(request, sid), sid)
     return web.Response(body=png, content_type="image/png")
 
 
 async def send_message(request: web.Request) -> web.StreamResponse:
     shard = request.app[SHARD]
     sid = path_id(request)
-    where = await visible(request, sid)
+    where = await settled(request, sid)
     await admit_send(request)
     if where.local is None:
         return await elsewhere(request, where, sid)
@@ -530,7 +554,10 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         raise BadRequest("to must be a non-empty string (a phone number)")
     if not isinstance(text, str) or not text or len(text) > MAX_TEXT:
         raise BadRequest(f"text must be a non-empty string of at most {MAX_TEXT} characters")
-    message_id = await shard.manager.send_text(sid, to, text)
+    try:
+        message_id = await shard.manager.send_text(sid, to, text)
+    except NotHere:  # handed off while it waited for the page: not sent, so pass it on
+        return await elsewhere(request, await settled(request, sid), sid)
     return web.json_response({"id": sid, "message_id": message_id, "to": to}, status=201)
 
 

@@ -29,6 +29,7 @@ from shard.egress import Policy, Refused
 from shard.messages import BadReport, Inbox, parse
 from shard.metrics import ShardMetrics
 from shard.registry import Registry
+from shard.restore import split
 from shard.settings import ShardSettings
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,8 @@ class LiveSession:
     started_at: float = field(default_factory=time.time)
     me: str = ""
     """The logged-in account's phone number, once WORKING (when the driver can tell)."""
+    restored: bool = False
+    """Opened from a snapshot: it was logged in, so STARTING means "back in a moment"."""
 
 
 class SessionManager:
@@ -247,11 +250,18 @@ class SessionManager:
     async def _open(self, session: LiveSession) -> None:
         state = await self._load_snapshot(session.id)
         opened = time.monotonic()
-        session.context = await self.browser.new_context(state)
+        restore = split(state, session.driver.url)
+        session.restored = state is not None
+        session.context = await self.browser.new_context(restore.context_state)
         session.page = await session.context.new_page()
         session.page.on("crash", lambda _page: self._reopen_later(session, "page crashed"))
         await session.driver.watch(session.page, functools.partial(self._on_messages, session))
-        await session.driver.open(session.page)
+        if restore.page_script is None:
+            await session.driver.open(session.page)
+        else:
+            # Applied by the first document only: later loads must see the site's own changes.
+            async with await session.page.add_init_script(restore.page_script):
+                await session.driver.open(session.page)
         self.metrics.open_seconds.observe(time.monotonic() - opened)
         if state is not None:
             self.metrics.restored.inc()
@@ -401,6 +411,8 @@ class SessionManager:
         if session.page is None or session.status != Status.WORKING:
             raise DriverError(f"session is {session.status}, not WORKING")
         async with session.lock:
+            if session.page is None or self.sessions.get(sid) is not session:
+                raise NotHere(sid)  # handed off or reopened while this send waited
             message_id = await session.driver.send_text(session.page, to, text)
         self.metrics.messages.inc()
         return message_id

@@ -11,6 +11,7 @@ import os
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 from chatscale_contract.config import Config
@@ -58,7 +59,11 @@ class ShardSettings:
     stop_timeout: float = 60.0
     """STOP_TIMEOUT: seconds a drain on SIGTERM may take before the shard exits anyway."""
     restore_concurrency: int = 4
-    """RESTORE_CONCURRENCY: sessions opened at once when restoring (bounded for 2-core hosts)."""
+    """RESTORE_CONCURRENCY: sessions opened at once when restoring; default twice the CPUs the
+    shard may use (opening a page is CPU-bound in Chromium, with waits on the driver between)."""
+    handoff_wait: float = 30.0
+    """HANDOFF_WAIT: seconds a request for a session moving between shards is held until it
+    opens again (shard/handoff.py); 0 refuses it at once (409), as before."""
     whatsapp_url: str = "https://web.whatsapp.com"
     """WHATSAPP_URL: where the whatsapp driver goes (tests point it at a local stand-in)."""
     whatsapp_selectors: Mapping[str, str] = field(default_factory=dict)
@@ -67,6 +72,13 @@ class ShardSettings:
     """EGRESS_ALLOW: hosts the browsers may reach, comma-separated (shard/egress.py)."""
     egress_guard: bool = True
     """EGRESS_GUARD: 0 lets the browsers reach anything (a development machine only)."""
+    page_memory_limit_mb: int = 0
+    """PAGE_MEMORY_LIMIT_MB: a page whose JS heap, Blink objects and array buffers pass this is
+    closed and reopened from its last snapshot (shard/pagememory.py). 0: off, the default: a
+    page's normal size depends on the site and the account, and a bound below it would reopen
+    it forever."""
+    page_memory_interval: float = 15.0
+    """PAGE_MEMORY_INTERVAL: seconds between two measurements of every page."""
     version: str = "0.1.0"
 
     @property
@@ -107,11 +119,14 @@ def from_env(env: Mapping[str, str] | None = None) -> ShardSettings:
             "MEMORY_HIGH_WATERMARK", _fraction, base.policy.memory_high_watermark
         ),
         stop_timeout=get("STOP_TIMEOUT", _positive, float(base.shard.stop_timeout)),
-        restore_concurrency=get("RESTORE_CONCURRENCY", _positive_int, 4),
+        restore_concurrency=get("RESTORE_CONCURRENCY", _positive_int, 2 * available_cpus()),
+        handoff_wait=get("HANDOFF_WAIT", _non_negative, 30.0),
         whatsapp_url=env.get("WHATSAPP_URL", "https://web.whatsapp.com").rstrip("/"),
         whatsapp_selectors=get("WHATSAPP_SELECTORS", _json_object, {}),
         egress_allow=env.get("EGRESS_ALLOW", ",".join(base.shard.egress_allow)),
         egress_guard=get("EGRESS_GUARD", _bool, True),
+        page_memory_limit_mb=get("PAGE_MEMORY_LIMIT_MB", _non_negative_int, 0),
+        page_memory_interval=get("PAGE_MEMORY_INTERVAL", _positive, 15.0),
     )
     if settings.heartbeat_timeout <= 2 * settings.heartbeat_interval:
         errors.append("HEARTBEAT_TIMEOUT must be more than twice HEARTBEAT_INTERVAL")
@@ -129,6 +144,33 @@ def _shared_config(env: Mapping[str, str], errors: list[str]) -> Config:
     except (ValueError, ConfigError) as exc:
         errors.append(f"CHATSCALE_CONFIG={path!r}: {exc}")
         return Config()
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use: a container's CPU quota (cgroup v2 or v1) if it sets
+    one, else the CPUs it may run on. At least 1."""
+    quota = _cgroup_cpus()
+    cpus = len(os.sched_getaffinity(0))
+    return max(1, min(cpus, quota) if quota else cpus)
+
+
+def _cgroup_cpus() -> int:
+    """ceil(quota / period) of the container's CPU limit; 0 when there is none."""
+    for quota_file, period_file in (
+        ("/sys/fs/cgroup/cpu.max", None),
+        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
+    ):
+        try:
+            fields = Path(quota_file).read_text().split()
+            if period_file is not None:
+                fields.append(Path(period_file).read_text().strip())
+            quota, period = fields[0], fields[1]
+        except (OSError, IndexError):
+            continue
+        if quota in ("max", "-1"):
+            return 0
+        return max(1, -(-int(quota) // int(period)))
+    return 0
 
 
 def _system_chromium() -> str:
@@ -162,10 +204,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be a whole number, 0 or more")
+    return value
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise ValueError("must be a positive number")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError("must be a number, 0 or more")
     return value
 
 

@@ -176,3 +176,21 @@ async def raw_request(front: Front, request_line: str, content_length: int) -> t
     writer.close()  # without reading on: nginx waits for the unsent body before closing
     await writer.wait_closed()
     return int(head.split(" ", 2)[1]), body
+
+
+async def test_a_stopped_shards_sessions_reach_its_backups(
+    front: Front, upstreams: Upstreams, free_addr: str
+) -> None:
+    """A drained shard stopped before the next table reaches nginx: requests for the sessions
+    it held go to another shard (which forwards them to the owner), not 502. POSTs too: nginx
+    passes a request on only when the shard refused the connection, so nothing is sent twice."""
+    live = upstreams.shards(3)
+    gone = RouteShard("shard-4", free_addr, in_ring=False, accepting=False)
+    await front.serve(RouteTable((*live, gone), {"alice": "shard-4", "bob": "shard-4"}))
+    async with aiohttp.ClientSession() as http:
+        for sid in ("alice", "bob"):
+            for method in ("GET", "POST"):
+                url = f"{front.url}/api/sessions/{sid}"
+                async with http.request(method, url, data=b"{}") as resp:
+                    assert resp.status == 200, await resp.text()
+                    assert resp.headers["X-Shard-Id"] in {s.id for s in live}

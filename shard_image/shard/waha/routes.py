@@ -24,8 +24,8 @@ from shard.api import (
     BadRequest,
     elsewhere,
     ensure_started,
-    locate,
     read_json,
+    settled,
     start_here,
 )
 from shard.catalog import STATUSES, Catalog, query_from
@@ -260,10 +260,14 @@ async def send_text(request: web.Request) -> web.StreamResponse:
     found = await find(request, name)
     shard = request.app[SHARD]
     await admit_send(request)
-    if found.where.local is None:
-        return await elsewhere(request, await locate(shard, found.sid), found.sid)
-    message_id = await shard.manager.send_text(found.sid, phone, text)
-    sent = views.sent_message(message_id, found.where.local.me, f"{phone}@c.us", text)
+    where = await settled(request, found.sid, found.where)
+    if where.local is None:
+        return await elsewhere(request, where, found.sid)
+    try:
+        message_id = await shard.manager.send_text(found.sid, phone, text)
+    except NotHere:  # handed off while it waited for the page: not sent, so pass it on
+        return await elsewhere(request, await settled(request, found.sid), found.sid)
+    sent = views.sent_message(message_id, where.local.me, f"{phone}@c.us", text)
     return web.json_response(sent, status=201)
 
 
