@@ -42,6 +42,9 @@ class Beat:
     version: str = ""
     started_at: float = 0.0
     draining_since: float | None = None
+    baseline_bytes: int = 0
+    """`memory_bytes` as measured once the browser was up, before any session opened; 0 when
+    unknown (a shard older than this field). Growth since then is what recycling looks at."""
 
     @classmethod
     def parse(cls, raw: Mapping[str, str]) -> Beat:
@@ -60,6 +63,7 @@ class Beat:
             version=raw.get("version", ""),
             started_at=float(raw.get("started_at") or 0),
             draining_since=float(since) if since else None,
+            baseline_bytes=int(raw.get("baseline_bytes") or 0),
         )
 
     def fields(self) -> dict[str, str]:
@@ -77,6 +81,7 @@ class Beat:
             "version": self.version,
             "started_at": repr(self.started_at),
             "draining_since": "" if self.draining_since is None else repr(self.draining_since),
+            "baseline_bytes": str(self.baseline_bytes),
         }
 
     def fresh(self, now: float, timeout: float) -> bool:

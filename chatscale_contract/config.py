@@ -169,19 +169,27 @@ class ScaleDown(Frozen):
 
 
 class Recycle(Frozen):
-    """Replacing shards that run too long or with old settings, a few at a time: each is
-    drained (its sessions move to other shards from their snapshots, no new scan) and a new one
-    takes its place. Only while no shard is dead or restoring; a recycle that needs room first
-    starts one more shard (within max_shards)."""
+    """Replacing shards that run too long, grew too much or run old settings, a few at a time:
+    each is drained (its sessions move to other shards from their snapshots, no new scan) and a
+    new one takes its place. Only while no shard is dead, restoring or starting; with max_surge
+    an extra shard starts first and the drain waits until it is ready (within max_shards)."""
 
     max_age: PositiveFloat | None = None
     """Seconds after its start at which a shard is replaced (browsers leak memory). None: never."""
+    max_growth_per_session: PositiveFloat | None = None
+    """MiB: replace a shard whose memory grew by more than this per session since its browser
+    came up ((memory - baseline) / sessions, from its heartbeat). None: never."""
     outdated: bool = False
     """Replace shards started with other shard settings than the running config, or (Docker)
     from an older image than shard.image names now: a rolling update (the status page marks
     them "outdated")."""
     max_at_once: PositiveInt = 1
     """Most shards draining for a recycle at the same time."""
+    max_surge: int = Field(default=1, ge=0)
+    """Extra shards (beyond what the load needs) started before any shard is drained: each
+    drain waits until one is ready, so a new image or new settings that never come up hold the
+    rollout with every old shard still serving. 0: drain first when the others have room for
+    the shard's sessions, else start one more."""
     paused: bool = False
     """Start no new recycle (those under way finish)."""
 

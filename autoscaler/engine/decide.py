@@ -14,8 +14,11 @@ Rules, in the order they apply:
    to the highest recommendation of the scale-down window, and only once history covers it.
 4. Actions: replace dead shards; cancel drains before starting new shards; scale down by draining
    the emptiest shards (stop only empty ones); stop draining shards once empty.
-5. Recycling (policy.recycle): when the fleet is calm, drain the next due shard (outdated, or
-   older than max_age) if the others have room for its sessions, else start one more first.
+5. Recycling (policy.recycle): when the fleet is calm, drain the next due shard (outdated,
+   older than max_age, or grown past max_growth_per_session). With recycle.max_surge (default 1)
+   an extra shard starts first and the drain waits until it is ready, so a new image or new
+   settings that never come up hold the rollout with the old shards serving; with max_surge 0
+   it drains at once if the others have room for its sessions, else starts one more first.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from chatscale_contract.config import Policy
 from chatscale_contract.ids import shard_id, shard_number
 
 _EPS = 1e-9
+_MIB = 1024 * 1024
 
 
 def _ceil(x: float) -> int:
@@ -159,10 +163,13 @@ def decide(observed: Observed, policy: Policy, history: History, now: float) -> 
     # While a dead shard is being brought back (or its replacement, still starting, restores
     # its sessions) those sessions are in flight; shrinking now would move them twice.
     recovering = dead + [s for s in groups[ShardState.STARTING] if s.sessions > 0]
-    recycle = _recycle(groups, observed, policy, desired, current, bool(recovering))
+    recycle = _recycle(
+        groups, observed, policy, (recommendation, desired, current), bool(recovering)
+    )
     if recycle.wanted:
-        # No scale-down while shards are recycled: the room they need must stay.
-        desired = min(max(desired, current + recycle.surge), policy.max_shards)
+        # No scale-down while shards are recycled: the room they need (and the extra shards
+        # started first) must stay.
+        desired = min(max(desired, recycle.floor), policy.max_shards)
     recycling = {s.id for s in draining if _due(s, policy)}
     grow = _grow(draining, desired - current, policy, taken, observed.room, recycling)
     cancelled = {a.shard_id for a in grow if a.kind == ActionKind.CANCEL_DRAIN}
@@ -236,8 +243,9 @@ def _grow(
 class _Recycling:
     wanted: bool = False
     """A shard is due and may be recycled now or as soon as there is room."""
-    surge: int = 0
-    """Shards to start first, so the recycled shard's sessions have somewhere to go."""
+    floor: int = 0
+    """Shards the fleet keeps meanwhile (the missing ones start): more than it has when extra
+    shards start first, so the recycled shard's sessions have somewhere to go."""
     actions: tuple[Action, ...] = ()
     reasons: tuple[str, ...] = ()
 
@@ -249,20 +257,38 @@ def _due(shard: ShardView, policy: Policy) -> str:
         return "recycle: started with other shard settings or an older image (rolling update)"
     if recycle.max_age is not None and shard.age is not None and shard.age > recycle.max_age:
         return f"recycle: running {shard.age / 3600:.1f} h (max_age {recycle.max_age:g} s)"
-    return ""
+    return _grown(shard, recycle.max_growth_per_session)
+
+
+def _grown(shard: ShardView, bound_mib: float | None) -> str:
+    """Why `shard` grew too much per session since its baseline ("" when it did not)."""
+    per_session = shard.growth_per_session_bytes
+    if shard.state == ShardState.DRAINING and shard.growth_bytes is not None:
+        # Once empty, a shard drained for its growth must stay due (its memory stays up), or
+        # the load could cancel its drain and hand it new sessions.
+        per_session = shard.growth_bytes // max(shard.sessions, 1)
+    if bound_mib is None or per_session is None or per_session <= bound_mib * _MIB:
+        return ""
+    return (
+        f"recycle: memory grew {per_session / _MIB:.0f} MiB per session since start"
+        f" (max_growth_per_session {bound_mib:g} MiB)"
+    )
 
 
 def _recycle(
     groups: dict[ShardState, list[ShardView]],
     observed: Observed,
     policy: Policy,
-    desired: int,
-    current: int,
+    counts: tuple[int, int, int],
     recovering: bool,
 ) -> _Recycling:
-    """Drain the next due shard (outdated first, then the oldest) when the other ready shards
-    can take its sessions; else ask for one more shard first. Never while a shard is dead or
-    restoring, while shards start for the load, or beyond max_at_once."""
+    """Drain the next due shard (outdated first, then the oldest), never beyond max_at_once.
+
+    With max_surge (the default) extra shards start first and a drain waits until one is
+    ready; else (max_surge 0) it drains as soon as the other ready shards can take its
+    sessions, asking for one more shard first when they cannot. `counts`: the shards the load
+    needs (the bounded recommendation, and the desired count after stabilization) and the
+    shards that count as capacity now."""
     ready = groups[ShardState.READY]
     due = sorted(
         (s for s in ready if _due(s, policy)), key=lambda s: (not s.outdated, -(s.age or 0))
@@ -270,18 +296,86 @@ def _recycle(
     under_way = sum(1 for s in groups[ShardState.DRAINING] if _due(s, policy))
     if not due or policy.recycle.paused:
         return _Recycling(reasons=("recycling paused",) if due else ())
+    if policy.recycle.max_surge:
+        return _surge_first(groups, due, under_way, observed, policy, counts)
+    _, desired, current = counts
     if recovering or groups[ShardState.STARTING] or desired > current:
-        return _Recycling(True, reasons=(f"recycle of {due[0].id} waits: the fleet is busy",))
+        why = f"recycle of {due[0].id} waits: the fleet is busy"
+        return _Recycling(True, current, reasons=(why,))
     if under_way >= policy.recycle.max_at_once:
-        return _Recycling(True, reasons=(f"{len(due)} more shard(s) due for recycling",))
+        return _Recycling(True, current, reasons=(f"{len(due)} more shard(s) due for recycling",))
     shard = due[0]
     free = sum(max(0, observed.max_sessions - s.sessions) for s in ready if s.id != shard.id)
     if free < shard.sessions:
         if current >= policy.max_shards:
             return _Recycling(reasons=(f"recycle of {shard.id} waits: no room, max_shards",))
         why = f"one more shard first: {shard.id}'s {shard.sessions} session(s) need room"
-        return _Recycling(True, 1, reasons=(why,))
-    return _Recycling(True, actions=(Action(ActionKind.DRAIN, shard.id, _due(shard, policy)),))
+        return _Recycling(True, current + 1, reasons=(why,))
+    drain = Action(ActionKind.DRAIN, shard.id, _due(shard, policy))
+    return _Recycling(True, current, actions=(drain,))
+
+
+def _surge_first(
+    groups: dict[ShardState, list[ShardView]],
+    due: list[ShardView],
+    under_way: int,
+    observed: Observed,
+    policy: Policy,
+    counts: tuple[int, int, int],
+) -> _Recycling:
+    """max_surge >= 1: up to max_surge shards beyond what the load needs (drains under way use
+    up the allowance), and a drain only while nothing is dead, restoring or starting and a
+    shard that is not due (a new one) is ready. A new shard that never comes up (starting,
+    then dead and replaced, again and again) so holds the rollout with every due shard still
+    serving. Without a ready new shard, or without room for the due shard's sessions, one
+    more shard starts first."""
+    recycle = policy.recycle
+    recommendation, desired, current = counts
+    shard = due[0]
+    held = _held(groups)
+    if held:
+        why = f"rollout held: {held}; recycle of {shard.id} waits"
+        return _Recycling(True, current, reasons=(why,))
+    if desired > current or recommendation > current:
+        why = f"recycle of {shard.id} waits: the fleet grows for the load"
+        return _Recycling(True, current, reasons=(why,))
+    ready = groups[ShardState.READY]
+    proven = [s for s in ready if not _due(s, policy)]
+    free = sum(max(0, observed.max_sessions - s.sessions) for s in ready if s.id != shard.id)
+    extra = max(0, min(recycle.max_surge - under_way, len(due)))
+    floor = max(current, recommendation + extra)
+    if under_way >= recycle.max_at_once:
+        return _Recycling(True, floor, reasons=(f"{len(due)} more shard(s) due for recycling",))
+    if current > recommendation and proven and free >= shard.sessions:
+        drain = Action(ActionKind.DRAIN, shard.id, _due(shard, policy))
+        return _Recycling(True, current, actions=(drain,))
+    if not proven or free < shard.sessions:
+        floor = max(floor, current + 1)
+    if floor <= current:
+        why = f"recycle of {shard.id} waits: {under_way} drain(s) under way use max_surge"
+        return _Recycling(True, current, reasons=(why,))
+    if current >= policy.max_shards:
+        why = f"recycle of {shard.id} waits: no room for an extra shard first, max_shards"
+        return _Recycling(reasons=(why,))
+    why = (
+        f"rollout: {floor - current} extra shard(s) first (recycle.max_surge);"
+        f" {shard.id} is drained once one is ready"
+    )
+    return _Recycling(True, floor, reasons=(why,))
+
+
+def _held(groups: dict[ShardState, list[ShardView]]) -> str:
+    """Why no shard may be drained for a recycle now ("" when one may): a dead shard (being
+    replaced), one restoring its sessions, or a new one that has not come up."""
+    dead, starting = groups[ShardState.DEAD], groups[ShardState.STARTING]
+    if dead:
+        return f"{dead[0].id} is dead (replaced; nothing is drained until it is back)"
+    if not starting:
+        return ""
+    shard = starting[0]
+    if shard.sessions:
+        return f"{shard.id} is restoring {shard.sessions} session(s)"
+    return f"new shard {shard.id} has not come up"
 
 
 def _room_reasons(observed: Observed, grow: list[Action], deficit: int) -> list[str]:

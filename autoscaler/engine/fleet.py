@@ -185,5 +185,12 @@ def _view(shard_id: str, state: ShardState, beat: Beat | None, owned: int, now: 
     sessions = max(beat.sessions, owned)
     age = now - beat.started_at if beat.started_at else None
     return ShardView(
-        shard_id, state, sessions, beat.memory_bytes, now - beat.ts, beat.draining_since, age
+        shard_id,
+        state,
+        sessions,
+        beat.memory_bytes,
+        now - beat.ts,
+        beat.draining_since,
+        age,
+        baseline_bytes=beat.baseline_bytes,
     )

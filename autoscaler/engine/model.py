@@ -38,6 +38,23 @@ class ShardView:
     """Seconds since the shard process started (from its heartbeat); None when unknown."""
     outdated: bool = False
     """Started with other shard settings than the running config."""
+    baseline_bytes: int = 0
+    """Memory the shard reported once its browser was up, before any session; 0 when unknown."""
+
+    @property
+    def growth_bytes(self) -> int | None:
+        """Memory gained since the baseline; None when either figure is unknown."""
+        if self.baseline_bytes <= 0 or self.memory_bytes <= 0:
+            return None
+        return self.memory_bytes - self.baseline_bytes
+
+    @property
+    def growth_per_session_bytes(self) -> int | None:
+        """Memory gained since the baseline per session it holds; None when unknown or empty."""
+        growth = self.growth_bytes
+        if growth is None or self.sessions <= 0:
+            return None
+        return growth // self.sessions
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """`init_app(settings) -> web.Application`: the shard service with its resources.
 
 Resources open in one cleanup context and close in reverse order: Redis, the HTTP client for
-forwarding, the browser, then the background heartbeat.
+forwarding, the browser, then the background heartbeat and page-memory check.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from shard.catalog import Catalog
 from shard.egress import Guard, Policy
 from shard.errors import errors_as_json
 from shard.keyadmin import routes as key_routes
+from shard.pagememory import PageMemoryGuard
 from shard.redisconn import connect
 from shard.registry import Registry
 from shard.settings import ShardSettings
@@ -85,13 +86,15 @@ def _resources(
         with contextlib.suppress(RedisError):
             await registry.nudge()
         heartbeat = asyncio.create_task(shard.heartbeat_forever(), name="heartbeat")
+        pages = asyncio.create_task(PageMemoryGuard(shard.manager).run_forever(), name="pages")
         log.info("shard %s serving on %s", settings.shard_id, settings.public_addr)
         try:
             yield
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(BaseException):
-                await heartbeat
+            for task in (pages, heartbeat):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
             await app[HUB].close()
             await shard.manager.close_all()
             await browser.stop()

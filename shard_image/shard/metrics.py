@@ -21,6 +21,11 @@ class ShardMetrics:
         self.restored = Counter(
             "chatscale_shard_sessions_restored", "Sessions opened from a snapshot", registry=r
         )
+        self.page_memory_reopens = Counter(
+            "chatscale_shard_page_memory_reopens",
+            "Sessions reopened from their snapshot because their page passed PAGE_MEMORY_LIMIT_MB",
+            registry=r,
+        )
         self.lost = Counter(
             "chatscale_shard_sessions_lost",
             "Local copies closed after losing ownership",

@@ -51,6 +51,9 @@ class Shard:
         self.started_at = time.time()
         self.boot = f"{int(self.started_at * 1000):x}"
         self.memory = MemoryUse(0, 0, "unknown")
+        self.baseline_bytes = 0
+        """Memory once the browser was up, before any session (0 until measured): what the
+        autoscaler's max_growth_per_session measures growth from."""
         self.fenced = False
         self.keyring = Keyring(None, {}, settings.api_key)
         """Refreshed after every heartbeat (access.py); until the first, only API_KEY counts."""
@@ -95,6 +98,7 @@ class Shard:
             if sent - self._measured_at >= MEMORY_SAMPLE_SECONDS:
                 self.memory = await asyncio.to_thread(measure)
                 self._measured_at = time.monotonic()
+                self._take_baseline()
             # Bounded: a Redis that stops answering must not stall the lease check below.
             beat = self.registry.beat(self._beat(), ttl=self.settings.heartbeat_timeout)
             await asyncio.wait_for(beat, self.settings.heartbeat_interval)
@@ -105,6 +109,15 @@ class Shard:
             self._last_beat = sent  # the lease runs from when the renewal was sent
             await self._after_beat()
         await self._check_lease()
+
+    def _take_baseline(self) -> None:
+        # Taken once, from the first sample: app.py starts the browser before the first beat and
+        # sessions are restored only after it, so that sample is the browser alone. The other
+        # choice, the lowest figure seen while empty, only ever moves down: one dip (the browser
+        # relaunching after a crash, no renderer yet) would stick and make all later memory look
+        # like growth, and a shard that empties after a leak never dips below its first figure.
+        if not self.baseline_bytes and not self.manager.sessions:
+            self.baseline_bytes = self.memory.used_bytes
 
     async def _after_beat(self) -> None:
         try:
@@ -148,6 +161,7 @@ class Shard:
             version=self.settings.version,
             started_at=self.started_at,
             draining_since=self.manager.draining_since,
+            baseline_bytes=self.baseline_bytes,
         )
 
     def refresh_gauges(self) -> None:

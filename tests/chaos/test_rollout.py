@@ -1,9 +1,9 @@
 """A rolling update without Docker: the whole system (autoscaler, front agent and nginx, local
 shards with real Chromium) with `policy.recycle.outdated` on, under the chaos suite's load
 through the front. The shard settings change in config.yaml; every shard is replaced, one at a
-time (drained: its sessions move to shards with room, one more shard started first when none
-has), with no new scan, and the chaos suite's audit holds (nothing lost, none open twice, every
-accepted send delivered once)."""
+time (an extra shard started first, recycle.max_surge; once it is ready a shard is drained: its
+sessions move to shards with room), with no new scan, and the chaos suite's audit holds
+(nothing lost, none open twice, every accepted send delivered once)."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from prometheus_client import generate_latest
 from support.loop import Loop, make_config
 from support.proxy import TcpProxy
@@ -219,12 +220,15 @@ async def test_heartbeats_lost_during_a_redis_outage_do_not_replace_the_fleet(lo
     assert sorted(loop.runtime.starts) == ["shard-1", "shard-2", "shard-3"], "nothing replaced"
 
 
+@pytest.mark.parametrize("surge", [1, 0], ids=["max_surge 1", "max_surge 0"])
 async def test_shards_past_max_age_are_replaced_one_at_a_time_keeping_every_session(
-    loop: Loop,
+    loop: Loop, surge: int
 ) -> None:
     """recycle.max_age: each shard, once too old, is drained (its sessions adopted by others)
-    and stopped, and a new one takes its place; never two at once, nothing lost."""
-    config = make_config(loop.redis_url, min_shards=2, recycle={"max_age": 30})
+    and stopped, and a new one takes its place; never two at once, nothing lost. With
+    max_surge (the default) the new one starts first: each drain follows a start."""
+    recycle = {"max_age": 30, "max_surge": surge}
+    config = make_config(loop.redis_url, min_shards=2, recycle=recycle)
     daemon = await loop.daemon(config)
     await loop.converge(daemon, lambda: loop.beating(2))
     for shard_id, sids in (("shard-1", "ab"), ("shard-2", "cd")):
@@ -250,3 +254,7 @@ async def test_shards_past_max_age_are_replaced_one_at_a_time_keeping_every_sess
     drains = [e for e in events if e.kind == "drain"]
     assert {e.shard for e in drains} == {"shard-1", "shard-2"}
     assert all("recycle" in e.reason for e in drains), [e.reason for e in drains]
+    # After the first two starts, in order: (start, drain) twice with max_surge 1; a drain
+    # first with max_surge 0 (the others have room for its 2 sessions).
+    sequence = [e.kind for e in reversed(events) if e.kind in ("start", "drain")][2:]
+    assert sequence[:4] == (["start", "drain"] * 2 if surge else ["drain", "start"] * 2)

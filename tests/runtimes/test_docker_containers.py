@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import docker
+import pytest
 from support.harness import Harness
 
 from autoscaler.loop.daemon import Daemon
@@ -80,15 +81,90 @@ async def test_a_new_image_under_the_same_tag_rolls_out_one_shard_at_a_time(
             h.docker.images.remove(newer, force=True)
 
 
-def _derived_image(h: Harness, base: str) -> str:
-    """A new build of `base` (another image id, the same behaviour)."""
-    dockerfile = f"FROM {base}\nLABEL chatscale.test.build={h.project}\n".encode()
-    image, _ = h.docker.images.build(fileobj=io.BytesIO(dockerfile), rm=True)
+# Builds whose shard never comes up: it exits at once (a crash loop: dead, replaced, dead), or
+# it runs and never heartbeats (starting until the boot timeout, then dead and replaced).
+BROKEN = {
+    "exits at once": 'ENTRYPOINT ["sh", "-c", "exit 3"]',
+    "never heartbeats": 'CMD ["sleep", "infinity"]',
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN))
+async def test_a_broken_new_image_holds_the_rollout_and_the_old_shards_keep_serving(
+    docker_harness: Harness, heartbeat_image: str, broken: str
+) -> None:
+    """The tag re-pointed to a build whose shard never comes up: the extra shard started first
+    (recycle.max_surge) never gets ready, so no old shard is drained. Over many passes both old
+    containers keep running the old image with their sessions, and the plan says the rollout
+    is held."""
+    h = docker_harness
+    tag = f"chatscale-rollout-{h.project}:test"
+    bad = ""
+    try:
+        h.docker.images.get(heartbeat_image).tag(tag)
+        bad = _derived_image(h, heartbeat_image, BROKEN[broken])
+        settings = h.config(min_shards=2, recycle={"outdated": True})
+        settings["shard"] |= {"image": tag, "boot_timeout": 10}
+        config = load_config(h.write(settings))
+        assert config.policy.recycle.max_surge == 1, "the default is what is tested"
+        async with Daemon(config) as daemon:
+            await _passes(daemon, lambda: h.beating(2), 40)
+            assert h.create(["held-a", "held-b", "held-c"]) == []
+            old = {s: h.identity(s) for s in ("shard-1", "shard-2")}
+            old_image = h.docker.images.get(heartbeat_image).id
+            h.docker.images.get(bad).tag(tag)  # the tag now names the broken build
+            reasons: set[str] = set()
+            tried: set[str] = set()
+            deadline = time.monotonic() + 45
+            while time.monotonic() < deadline:
+                decision = await daemon.reconcile()
+                if decision is not None:
+                    reasons |= set(decision.plan.reasons)
+                assert {s: h.identity(s) for s in old} == old, "an old shard was stopped"
+                assert {_image_of(h, s) for s in old} == {old_image}
+                shards = daemon.state.observed.shards if daemon.state.observed else ()
+                states = {v.id: v.state for v in shards}
+                assert states["shard-1"] == states["shard-2"] == "ready", states
+                tried |= _images_but(h, old)
+                await asyncio.sleep(0.3)
+            events = await daemon.events.recent(500)
+        assert h.owned("shard-1") + h.owned("shard-2") == 3, "the old shards keep their sessions"
+        assert tried == {bad}, "the new shard ran the new (broken) image"
+        assert not [e for e in events if e.kind == "drain"], "no old shard drained"
+        assert [e for e in events if e.kind == "replace" and e.shard not in old], (
+            "the new shard was found dead and replaced"
+        )
+        held = [r for r in reasons if r.startswith("rollout held:")]
+        assert any("shard-3" in r for r in held), sorted(reasons)
+    finally:
+        h.cleanup()  # the containers first: an image in use cannot be removed
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            h.docker.images.remove(tag, force=True)
+        if bad:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                h.docker.images.remove(bad, force=True)
+
+
+def _derived_image(h: Harness, base: str, line: str = "") -> str:
+    """A new build of `base` (another image id; the same behaviour unless `line` changes it)."""
+    dockerfile = f"FROM {base}\nLABEL chatscale.test.build={h.project}\n{line}\n".encode()
+    image, _ = h.docker.images.build(fileobj=io.BytesIO(dockerfile), rm=True, forcerm=True)
     return str(image.id)
 
 
 def _image_of(h: Harness, shard_id: str) -> str:
     return str(h.docker.containers.get(f"{h.project}-{shard_id}").attrs["Image"])
+
+
+def _images_but(h: Harness, shard_ids: Iterable[str]) -> set[str]:
+    """The image ids of the project's other shard containers, running or not (a sparse list:
+    a container replaced meanwhile cannot make it fail)."""
+    label = f"chatscale.project={h.project}"
+    found = h.docker.containers.list(all=True, sparse=True, filters={"label": label})
+    skip = set(shard_ids)
+    return {
+        str(c.attrs["ImageID"]) for c in found if c.attrs["Labels"]["chatscale.shard"] not in skip
+    }
 
 
 async def _passes(daemon: Daemon, done: Callable[[], bool], seconds: float) -> None:

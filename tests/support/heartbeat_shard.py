@@ -8,7 +8,8 @@ tested in tests/shard and end to end.
 
 Run in-process (`HeartbeatShard(...)`, beating when told or on its own with `run()`), as a
 process (`python heartbeat_shard.py`, settings from the environment variables a real shard
-reads), or in the test image built from it.
+reads; like a real shard it exits at once when BROWSER_EXECUTABLE names no executable), or in
+the test image built from it.
 """
 
 from __future__ import annotations
@@ -210,6 +211,11 @@ class HeartbeatShard:
 
 
 async def main() -> int:
+    browser = os.environ.get("BROWSER_EXECUTABLE", "")
+    if browser and not os.access(browser, os.X_OK):
+        # As a real shard whose Chromium cannot launch: it exits before its first heartbeat.
+        print(f"BROWSER_EXECUTABLE {browser!r} is not an executable", file=sys.stderr)
+        return 1
     shard = HeartbeatShard(Settings.from_env())
     task = asyncio.create_task(shard.run())
     stop = asyncio.Event()

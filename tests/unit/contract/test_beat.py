@@ -23,6 +23,7 @@ beats = st.builds(
     version=st.just("0.2.0"),
     started_at=st.floats(0, 4e9, allow_nan=False),
     draining_since=st.none() | st.floats(0, 4e9, allow_nan=False),
+    baseline_bytes=st.integers(0, 2**40),
 )
 
 
@@ -36,6 +37,13 @@ def test_fields_read_back_to_the_same_beat(beat: Beat) -> None:
 def test_a_state_this_version_does_not_know_counts_as_full() -> None:
     beat = Beat.parse({"id": "shard-1", "state": "hibernating", "sessions": "3", "capacity": "5"})
     assert beat.state == ReportedState.FULL and not beat.has_room
+
+
+def test_a_heartbeat_from_before_the_baseline_field_reads_as_unknown() -> None:
+    old = Beat("shard-1", "a:8000", ReportedState.ACCEPTING, 3, 50, 2**30, 0, 1.0).fields()
+    del old["baseline_bytes"]
+    assert Beat.parse(old).baseline_bytes == 0
+    assert Beat.parse({**old, "baseline_bytes": ""}).baseline_bytes == 0
 
 
 def test_malformed_numbers_are_refused() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from autoscaler.engine.fleet import Fleet, FleetLimits, ShardInstance, classify, to_observed
@@ -10,6 +12,7 @@ from chatscale_contract.beat import Beat, ReportedState
 from chatscale_contract.config import Config
 
 NOW = 1_000_000.0
+MIB = 2**20
 LIMITS = FleetLimits.of(
     Config.model_validate(
         {"heartbeat": {"interval": 5, "timeout": 20}, "shard": {"boot_timeout": 90}}
@@ -65,3 +68,15 @@ def test_to_observed_counts_registry_sessions_and_pending() -> None:
 def test_unreadable_data_is_stale() -> None:
     observed = to_observed(Fleet(NOW, error="redis unreadable: refused"), LIMITS)
     assert not observed.fresh and observed.stale_reason == "redis unreadable: refused"
+
+
+def test_growth_per_session_comes_from_the_heartbeats_baseline() -> None:
+    """(memory - baseline) / sessions; a heartbeat without a baseline (an older shard) gives
+    None, so such a shard is never recycled for its growth."""
+    grew = replace(beat(sessions=4), memory_bytes=1400 * MIB, baseline_bytes=600 * MIB)
+    old = grew.fields()
+    del old["baseline_bytes"]
+    for hb, expected in [(grew, 200 * MIB), (Beat.parse(old), None)]:
+        fleet = Fleet(NOW, {"shard-1": instance()}, {"shard-1": hb}, owned={"shard-1": 4})
+        (view,) = to_observed(fleet, LIMITS).shards
+        assert view.growth_per_session_bytes == expected
