@@ -73,6 +73,10 @@ async def test_a_settings_change_replaces_every_shard_one_at_a_time_under_load(
             after = {proc.pid for proc in shard_roots(PROJECT).values()}
     print(f"rollout: {outcome}; most shards draining at once: {max(draining)}")
     assert outcome.problems == [], outcome.problems
+    # Requests are held while their session moves, and a stopped shard's requests reach its
+    # nginx backups (39 of 109 calls failed before both). A send in flight on the connection
+    # to a shard as it exits can still fail; more than a few failures means a gap reopened.
+    assert sum(outcome.failed.values()) <= 3, outcome.failed
     assert chaos.watch.violations == [], chaos.watch.violations
     assert max(draining) == 1, "max_at_once is 1"
     assert not before & after, "every shard process was replaced"
