@@ -2,7 +2,8 @@
 
 An aiohttp app that mimics the external site's login flow closely enough for the shard's
 `whatsapp` driver to run against it with its default selectors. All state is in memory,
-per app instance. The page itself (HTML + inline JS) lives in page.html.
+per app instance. The page itself (HTML + inline JS) lives in page.html; heavy mode (a page that
+weighs like WhatsApp Web: bundle, service worker, large DOM, IndexedDB data) in heavy.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from fakesite import heavy
+from fakesite.heavy import ASSET_PREFIX, WORKER_PATH, HeavyOptions
 
 BANNER = "Stand-in for WhatsApp Web used by chatscale's tests; not affiliated"
 PAGE = Path(__file__).with_name("page.html").read_text(encoding="utf-8")
@@ -216,6 +220,7 @@ class FakeState:
 
 
 STATE = web.AppKey("fakesite_state", FakeState)
+HEAVY = web.AppKey("fakesite_heavy", HeavyOptions)
 
 
 def state_of(request: web.Request) -> FakeState:
@@ -238,13 +243,28 @@ async def api_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         response: web.StreamResponse = await handler(request)
     except ApiError as exc:
         return web.json_response({"error": exc.error}, status=exc.status, headers=NO_CACHE)
-    response.headers.update(NO_CACHE)
+    for name, value in NO_CACHE.items():  # the heavy scripts set their own Cache-Control
+        response.headers.setdefault(name, value)
     return response
 
 
 async def page(request: web.Request) -> web.Response:
-    """/, /send and /logout all serve the client; its JS looks at location.pathname."""
-    return web.Response(text=PAGE, content_type="text/html")
+    """/, /send and /logout all serve the client; its JS looks at location.pathname. In heavy
+    mode (the site's default, or ?heavy=1) with the heavy scripts."""
+    return await heavy.render(PAGE, request, request.app[HEAVY])
+
+
+async def heavy_asset(request: web.Request) -> web.Response:
+    return await heavy.serve_asset(request, request.app[HEAVY].script_mb)
+
+
+async def service_worker(request: web.Request) -> web.Response:
+    return await heavy.serve_worker(request, request.app[HEAVY].script_mb)
+
+
+async def build_heavy_assets(app: web.Application) -> None:
+    """A heavy site builds its bundle before it serves (a light one when first asked)."""
+    await heavy.assets_async(app[HEAVY].script_mb)
 
 
 async def login_start(request: web.Request) -> web.Response:
@@ -334,12 +354,18 @@ async def redirect(request: web.Request) -> web.Response:
     raise web.HTTPFound(request.query.get("to", "/"))
 
 
-def create_app(qr_rotate_seconds: float = 20.0) -> web.Application:
-    """The stand-in site; every app instance has its own in-memory state."""
+def create_app(
+    qr_rotate_seconds: float = 20.0, heavy: HeavyOptions | None = None
+) -> web.Application:
+    """The stand-in site; every app instance has its own in-memory state. `heavy`: heavy mode's
+    sizes, and whether pages are heavy unless they ask otherwise (by default only `?heavy=1`)."""
     if qr_rotate_seconds <= 0:
         raise ValueError("qr_rotate_seconds must be positive")
     app = web.Application(middlewares=[api_errors])
     app[STATE] = FakeState(qr_rotate_seconds)
+    app[HEAVY] = heavy or HeavyOptions()
+    if app[HEAVY].default:
+        app.on_startup.append(build_heavy_assets)
     app.router.add_get("/", page)
     app.router.add_get("/send", page)
     app.router.add_get("/logout", page)
@@ -357,4 +383,6 @@ def create_app(qr_rotate_seconds: float = 20.0) -> web.Application:
     app.router.add_get("/api/state", api_state)
     app.router.add_get("/probe", probe)
     app.router.add_get("/redirect", redirect)
+    app.router.add_get(ASSET_PREFIX + "{name}", heavy_asset)
+    app.router.add_get(WORKER_PATH, service_worker)
     return app

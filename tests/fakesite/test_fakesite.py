@@ -1,7 +1,8 @@
 """The WhatsApp Web stand-in (fakesite; not affiliated) driven by real Chromium via Playwright.
 
-One browser and two servers per module: `python -m fakesite` as a child process (default,
-slow QR rotation) and an in-process app with fast rotation for the rotation test.
+One browser per module (conftest.py) and two servers: `python -m fakesite` as a child process
+(default, slow QR rotation) and an in-process app with fast rotation for the rotation test.
+Heavy mode has its own tests (test_heavy.py).
 """
 
 from __future__ import annotations
@@ -20,16 +21,13 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
-from shard.browser import CHROMIUM_ARGS
-from shard.settings import DEBIAN_CHROMIUM
+from playwright.async_api import Browser, BrowserContext, Page, expect
 from support.procs import free_port, port_open, stop, wait_for
 
 from fakesite import BANNER, create_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
-CHROMIUM = Path(DEBIAN_CHROMIUM)
 TESTS_DIR = Path(__file__).resolve().parents[1]
 QR = "div[data-ref]"
 QR_CANVAS = 'canvas[aria-label="Scan me!"]'
@@ -90,22 +88,6 @@ async def fast_site() -> AsyncIterator[str]:
     await web.TCPSite(runner, "127.0.0.1", port).start()
     yield f"http://127.0.0.1:{port}"
     await runner.cleanup()
-
-
-@pytest.fixture(scope="module")
-def chromium_path() -> str:
-    """Debian's Chromium (Playwright cannot download browsers here); fails, never skips."""
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (these tests never skip)")
-    return str(CHROMIUM)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser(chromium_path: str) -> AsyncIterator[Browser]:
-    async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(executable_path=chromium_path, args=list(CHROMIUM_ARGS))
-        yield chromium
-        await chromium.close()
 
 
 @pytest_asyncio.fixture(loop_scope="module")
