@@ -276,10 +276,12 @@ def own_redis(owned: Owned) -> str:
     return f"{url}/0"
 
 
-def start_site(owned: Owned) -> str:
+def start_site(owned: Owned, heavy: bool = False) -> str:
     port = free_port()
     log = owned.folder / "fakesite.log"
     argv = [sys.executable, "-m", "fakesite", "--port", str(port), "--qr-rotate-seconds", "60"]
+    if heavy:  # the stand-in's page that loads like WhatsApp Web (tests/fakesite/README.md)
+        argv.append("--heavy")
     owned.site = start(argv, log, {"PYTHONPATH": str(TESTS)})
     wait_for(lambda: port_open(port), 15, f"fakesite (log: {log})")
     return f"http://127.0.0.1:{port}"
@@ -606,6 +608,9 @@ class Results:
     restores: list[Phase] = field(default_factory=list)
     final: list[Killed] = field(default_factory=list)
     leftovers: list[int] = field(default_factory=list)
+    page: str = "light"
+    snapshot_bytes: list[int] = field(default_factory=list)
+    """Each session's compressed snapshot in Redis before the first kill."""
 
 
 def report_memory(r: Results) -> None:
@@ -722,6 +727,12 @@ def report_time(r: Results) -> None:
 
 def report_checks(r: Results) -> None:
     print("\n### Checks\n")
+    if r.snapshot_bytes:
+        sizes = r.snapshot_bytes
+        print(
+            f"- page: {r.page}; snapshots (zlib) per session: median"
+            f" {statistics.median(sizes) / 1024:,.0f} KiB, largest {max(sizes) / 1024:,.0f} KiB"
+        )
     for p in r.restores:
         scans = "unchanged" if p.scans_after == p.scans_before else "CHANGED: new scans!"
         survived = "none" if not p.survivors else f"SURVIVED: pids {p.survivors}"
@@ -748,14 +759,17 @@ async def run(owned: Owned, args: argparse.Namespace) -> Results:
     r = Results(args.sessions)
     sids = [f"bench-{n:02d}" for n in range(r.count)]
     redis_url = own_redis(owned)
-    site = start_site(owned)
+    site = start_site(owned, args.heavy)
     owned.fleet = fleet = ShardFleet(redis_url, site, owned.folder)
     db = redis.Redis.from_url(redis_url)
     rounds = [None] if args.no_sweep else [None, 2, 8, None]
     note = sys.stderr
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
-            shard = fleet.start(SHARD_ID, wait=False, **SHARD_ENV)
+            # The heavy page fills IndexedDB after the login, so the snapshot taken as a session
+            # turns WORKING misses some of it: snapshot again soon, and wait for that below.
+            first = {**SHARD_ENV, "SNAPSHOT_INTERVAL": "10"} if args.heavy else SHARD_ENV
+            shard = fleet.start(SHARD_ID, wait=False, **first)
             await wait_health(http, shard, 60)
             r.base = await settled_memory(shard.tag, args.settle)
             print(f"baseline: {mib(r.base.total)}, {r.base.processes} processes", file=note)
@@ -765,6 +779,10 @@ async def run(owned: Owned, args: argparse.Namespace) -> Results:
             r.creates.append(create)
             print(f"created {r.count} in {create.to_working:.1f} s", file=note)
             await wait_snapshots(db, api, sids, 60)
+            if args.heavy:
+                await asyncio.sleep(25)  # two more snapshots of every session
+            r.page = "heavy" if args.heavy else "light"
+            r.snapshot_bytes = [int(db.strlen(KEYS.snapshot(sid))) for sid in sids]
             r.shared = await settled_memory(shard.tag, args.settle)
             print(f"shared: {mib(r.shared.total)}", file=note)
 
@@ -808,6 +826,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--settle", type=float, default=4.0, help="seconds before reading PSS")
     parser.add_argument("--no-sweep", action="store_true", help="only RESTORE_CONCURRENCY 4")
+    parser.add_argument("--heavy", action="store_true", help="the stand-in's heavy page")
     parser.add_argument("--no-separate", action="store_true", help="skip the separate browsers")
     parser.add_argument("--keep-logs", action="store_true", help="keep the log folder")
     parser.add_argument("--separate-worker", metavar="SITE", help=argparse.SUPPRESS)

@@ -33,7 +33,7 @@ from shard.access import (
 from shard.catalog import BadQuery, Catalog, query_from
 from shard.drivers import DEFAULT_DRIVER, MAX_TEXT, DriverError, Unsupported
 from shard.errors import Handler, json_error
-from shard.handoff import hold
+from shard.handoff import Moved, hold, moving_answer
 from shard.limits import Limited, admit_create, admit_send
 from shard.registry import Full, OwnedElsewhere
 from shard.sessions import Draining, LiveSession, NotHere, SessionSpec, Status
@@ -307,8 +307,8 @@ async def elsewhere(request: web.Request, where: Where, sid: str) -> web.StreamR
     """Answer for a session not live here: forward to its owner, or say why not."""
     shard = request.app[SHARD]
     if where.remote_owner is not None:
-        if FORWARDED_BY in request.headers:
-            return json_error(503, f"session {sid!r} is moving; retry", retry_after=1)
+        if FORWARDED_BY in request.headers:  # never passed on twice: the sender runs it again
+            return moving_answer(sid)
         shard.metrics.forwarded.inc()
         return await shard.router.forward(request, where.remote_owner, await request.read())
     if not where.record:
@@ -556,8 +556,8 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         raise BadRequest(f"text must be a non-empty string of at most {MAX_TEXT} characters")
     try:
         message_id = await shard.manager.send_text(sid, to, text)
-    except NotHere:  # handed off while it waited for the page: not sent, so pass it on
-        return await elsewhere(request, await settled(request, sid), sid)
+    except NotHere:  # handed off while it waited for the page: not sent; run it again
+        raise Moved() from None
     return web.json_response({"id": sid, "message_id": message_id, "to": to}, status=201)
 
 

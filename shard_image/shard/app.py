@@ -21,6 +21,7 @@ from shard.browser import BrowserHost
 from shard.catalog import Catalog
 from shard.egress import Guard, Policy
 from shard.errors import errors_as_json
+from shard.handoff import rerun_moved
 from shard.keyadmin import routes as key_routes
 from shard.pagememory import PageMemoryGuard
 from shard.redisconn import connect
@@ -41,7 +42,14 @@ REDIS_TIMEOUT = 5.0
 def init_app(settings: ShardSettings) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY,
-        middlewares=[shard_header, waha_errors, errors_as_json, bad_requests, api_key],
+        middlewares=[
+            shard_header,
+            waha_errors,
+            errors_as_json,
+            bad_requests,
+            api_key,
+            rerun_moved(lambda: settings.handoff_wait),  # innermost: reruns only the handler
+        ],
     )
     app["max_body"] = MAX_BODY
     app.add_routes(routes())

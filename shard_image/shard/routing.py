@@ -19,6 +19,7 @@ from chatscale_contract.hops import FORWARDED_BY, PASS_BACK, passed_headers
 from chatscale_contract.placement import place
 from chatscale_contract.ring import Ring
 from shard.errors import json_error
+from shard.handoff import MOVING, Moved
 from shard.registry import Registry
 from shard.settings import ShardSettings
 
@@ -95,6 +96,8 @@ class Router:
         verb = method or request.method
         try:
             async with self.http.request(verb, url, headers=headers, data=body) as resp:
+                if resp.status == 503 and MOVING in resp.headers:
+                    raise Moved()  # it moved on from there: the handler runs again here
                 return await _passed_back(resp)
         except (aiohttp.ClientError, TimeoutError) as exc:
             return json_error(503, f"owner {shard_id} did not answer: {exc}", retry_after=2)

@@ -408,9 +408,9 @@ class SessionManager:
 
     async def send_text(self, sid: str, to: str, text: str) -> str:
         session = self.get(sid)
-        if session.page is None or session.status != Status.WORKING:
+        if session.status != Status.WORKING:
             raise DriverError(f"session is {session.status}, not WORKING")
-        async with session.lock:
+        async with session.lock:  # (a hand-off holds it while it snapshots and closes the page)
             if session.page is None or self.sessions.get(sid) is not session:
                 raise NotHere(sid)  # handed off or reopened while this send waited
             message_id = await session.driver.send_text(session.page, to, text)

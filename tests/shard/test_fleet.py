@@ -161,6 +161,38 @@ async def test_drain_moves_sessions_without_a_new_scan(
     wait_for(lambda: not proctree.alive(recorded), 5, "no process of the stopped shard left")
 
 
+async def test_sends_during_a_drain_are_held_not_refused(
+    fleet: ShardFleet, http: aiohttp.ClientSession, redis_url: str, site_url: str
+) -> None:
+    """While a session moves (snapshot, close, release, claim, reopen elsewhere) a send waits
+    for it (HANDOFF_WAIT) instead of failing with 409, on the old shard and on the new one."""
+    one, two = fleet.start("shard-1"), fleet.start("shard-2")
+    await publish_ring(redis_url, [one])
+    apis = [Api(http, one.url), Api(http, two.url)]
+    await working(apis[0], http, site_url, "h1")
+    await publish_ring(redis_url, [one, two])
+    answers: list[tuple[int, str]] = []
+
+    async def send(n: int) -> None:
+        body = {"to": "4915100000077", "text": f"held {n}"}
+        code, reply, _ = await apis[n % 2].call("POST", "/api/sessions/h1/messages", body)
+        answers.append((code, str(reply)))
+
+    code, _, _ = await apis[0].call("POST", "/admin/drain")
+    assert code == 202
+    sends = [asyncio.create_task(send(n)) for n in range(2)]
+    for n in range(2, 40):  # every 0.25 s until the session is back on shard-2, and a bit after
+        await asyncio.sleep(0.25)
+        sends.append(asyncio.create_task(send(n)))
+        _, body, _ = await apis[1].call("GET", "/api/sessions/h1")
+        if body.get("shard") == "shard-2" and body.get("status") == "WORKING" and n > 30:
+            break
+    await asyncio.gather(*sends)
+    failed = [a for a in answers if a[0] != 201]
+    assert not failed, f"{len(failed)} of {len(answers)} sends failed: {failed[:3]}"
+    await apis[1].wait_status("h1", "WORKING", shard="shard-2")
+
+
 async def test_sigterm_releases_sessions_for_others(
     fleet: ShardFleet, http: aiohttp.ClientSession, redis_url: str
 ) -> None:

@@ -30,6 +30,7 @@ from shard.api import (
 )
 from shard.catalog import STATUSES, Catalog, query_from
 from shard.errors import json_error
+from shard.handoff import Moved
 from shard.limits import admit_create, admit_send
 from shard.sessions import NotHere, SessionSpec
 from shard.state import SHARD
@@ -265,8 +266,8 @@ async def send_text(request: web.Request) -> web.StreamResponse:
         return await elsewhere(request, where, found.sid)
     try:
         message_id = await shard.manager.send_text(found.sid, phone, text)
-    except NotHere:  # handed off while it waited for the page: not sent, so pass it on
-        return await elsewhere(request, await settled(request, found.sid), found.sid)
+    except NotHere:  # handed off while it waited for the page: not sent; run it again
+        raise Moved() from None
     sent = views.sent_message(message_id, where.local.me, f"{phone}@c.us", text)
     return web.json_response(sent, status=201)
 
