@@ -355,6 +355,11 @@ def _surge_first(
         why = f"recycle of {shard.id} waits: {under_way} drain(s) under way use max_surge"
         return _Recycling(True, current, reasons=(why,))
     if current >= policy.max_shards:
+        # No extra shard fits: replace in place as max_surge 0 does (the drain is the one
+        # unavailable shard max_at_once allows), or the fleet at its maximum never updates.
+        if free >= shard.sessions:
+            why = f"{_due(shard, policy)}; in place: no room for an extra shard (max_shards)"
+            return _Recycling(True, current, actions=(Action(ActionKind.DRAIN, shard.id, why),))
         why = f"recycle of {shard.id} waits: no room for an extra shard first, max_shards"
         return _Recycling(reasons=(why,))
     why = (

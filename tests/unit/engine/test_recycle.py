@@ -204,6 +204,15 @@ def test_no_extra_shard_beyond_max_shards_and_no_drain_without_one() -> None:
     assert kinds(plan(*full, outdated=True, max_surge=0)) == [], "no room for 8 sessions either"
 
 
+def test_at_max_shards_with_room_a_shard_is_replaced_in_place() -> None:
+    # No extra shard fits, but the others can take one shard's sessions: a fleet at its
+    # maximum still updates, one shard at a time (max_at_once), as max_surge 0 would.
+    at_max = [shard(n, 2, outdated=True) for n in range(1, 5)]
+    p = plan(*at_max, outdated=True)
+    assert [kind for kind, _ in kinds(p)] == ["drain"], p.reasons
+    assert "in place: no room for an extra shard" in p.actions[0].reason
+
+
 MIB = 2**20
 
 
