@@ -18,6 +18,11 @@ FORWARDED_BY = "X-Chatscale-Forwarded-By"
 """Set on every request a shard or an activator passes on. A shard never passes such a request
 on again (no loops): it answers it itself, 503 when it cannot."""
 
+ADOPT = "X-Chatscale-Adopt"
+"""Set on the PUT that asks a shard to take a released session (a drain's hand-off, the
+autoscaler placing an orphan). The shard then only takes a session that still exists and should
+run: a session deleted or stopped while it moved must not come back as a new one."""
+
 HOP_BY_HOP = frozenset(
     {
         "connection",

@@ -22,6 +22,7 @@ from autoscaler.metrics import Metrics
 from autoscaler.runtimes.base import Runtime, RuntimeFailure
 from chatscale_contract.clock import Clock
 from chatscale_contract.config import Config
+from chatscale_contract.hops import ADOPT
 from chatscale_contract.keys import Keys
 from chatscale_contract.placement import place
 from chatscale_contract.ring import Ring
@@ -207,7 +208,9 @@ class Actor:
     async def _adopt(self, sid: str, shard_id: str, fleet: Fleet) -> tuple[Outcome, str]:
         try:
             url = f"http://{self._endpoint(shard_id, fleet)}/api/sessions/{sid}"
-            async with self.http.put(url, json={}, headers=self._headers()) as resp:
+            # Only while it still exists and should run: one deleted meanwhile stays deleted.
+            headers = {**self._headers(), ADOPT: "1"}
+            async with self.http.put(url, json={}, headers=headers) as resp:
                 if resp.status in (200, 201):
                     return Outcome.OK, ""
                 return Outcome.FAILED, f"{resp.status} {(await resp.text())[:200]}"

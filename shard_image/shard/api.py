@@ -18,7 +18,7 @@ from playwright.async_api import Error as PlaywrightError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from chatscale_contract.hops import FORWARDED_BY
+from chatscale_contract.hops import ADOPT, FORWARDED_BY
 from chatscale_contract.ids import InvalidSessionId, check_session_id
 from chatscale_contract.webhooks import hooks_text, session_hooks
 from shard.access import (
@@ -35,7 +35,7 @@ from shard.drivers import DEFAULT_DRIVER, MAX_TEXT, DriverError, Unsupported
 from shard.errors import Handler, json_error
 from shard.handoff import Moved, hold, moving_answer
 from shard.limits import Limited, admit_create, admit_send
-from shard.registry import Full, OwnedElsewhere
+from shard.registry import Full, Gone, OwnedElsewhere
 from shard.sessions import Draining, LiveSession, NotHere, SessionSpec, Status
 from shard.state import SHARD, Shard
 from shard.waha.names import BadName, NameTaken, NoSession
@@ -420,6 +420,8 @@ async def ensure_started(
     except DriverError as exc:
         raise BadRequest(str(exc)) from None
     forwarded = FORWARDED_BY in request.headers
+    if ADOPT in request.headers and not where.record:
+        return _gone(sid)
     mine = where.record.get("owner") == shard.settings.shard_id
     if not forwarded and not mine:
         target = await shard.router.place(sid, shard.has_room())
@@ -432,6 +434,10 @@ async def ensure_started(
             path = f"/api/sessions/{sid}"
             return await shard.router.forward(request, target, body, method="PUT", path=path)
     return await start_here(request, sid, spec)
+
+
+def _gone(sid: str) -> web.Response:
+    return json_error(404, f"session {sid!r} was deleted or stopped while it moved")
 
 
 def _spec_body(spec: SessionSpec) -> dict[str, Any]:
@@ -449,7 +455,9 @@ def _spec_body(spec: SessionSpec) -> dict[str, Any]:
 async def start_here(request: web.Request, sid: str, spec: SessionSpec) -> web.StreamResponse:
     shard = request.app[SHARD]
     try:
-        session, created = await shard.manager.start(sid, spec)
+        session, created = await shard.manager.start(sid, spec, adopt=ADOPT in request.headers)
+    except Gone:
+        return _gone(sid)
     except Draining:
         return json_error(503, "this shard is draining", retry_after=1)
     except Full:

@@ -79,6 +79,10 @@ _CLAIM = """
 local skey, mine, orphans, pending, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local sid, me, cap, now, mode = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local head, tail = ARGV[6], ARGV[7]
+if mode == 'adopt' and (redis.call('EXISTS', skey) == 0
+    or redis.call('HGET', skey, 'desired') == 'stopped') then
+  return {-2, 'gone'}  -- deleted or stopped while it moved: not to be made anew
+end
 local owner = redis.call('HGET', skey, 'owner') or ''
 if owner == me then
   if mode ~= 'reclaim' then
@@ -193,6 +197,10 @@ class Full(Exception):
     """This shard already holds its capacity of sessions."""
 
 
+class Gone(Exception):
+    """A session to be adopted was deleted or stopped meanwhile."""
+
+
 class OwnedElsewhere(Exception):
     """A live shard owns the session."""
 
@@ -231,9 +239,15 @@ class Registry:
         return repr(self.clock.time())
 
     async def claim(
-        self, session_id: str, *, reclaim: bool = False, capacity: int | None = None
+        self,
+        session_id: str,
+        *,
+        reclaim: bool = False,
+        capacity: int | None = None,
+        adopt: bool = False,
     ) -> int:
-        """Own `session_id`; returns the new fencing token. Raises Full or OwnedElsewhere."""
+        """Own `session_id`; returns the new fencing token. Raises Full or OwnedElsewhere, and
+        with `adopt` (a released session taken over) Gone when it was deleted or stopped."""
         k = self.keys
         keys = [
             k.session(session_id),
@@ -243,13 +257,15 @@ class Registry:
             k.sessions,
         ]
         cap = self.capacity if capacity is None else capacity
-        mode = "reclaim" if reclaim else "new"
+        mode = "reclaim" if reclaim else "adopt" if adopt else "new"
         args = [session_id, self.shard_id, cap, self._now(), mode, *k.shard_fragments]
         code, value = await self._claim(keys=keys, args=args)
         if code == 1:
             return int(value)
         if code == 0:
             raise OwnedElsewhere(value)
+        if code == -2:
+            raise Gone(session_id)
         raise Full()
 
     async def update(self, session_id: str, token: int, fields: Mapping[str, str]) -> bool:

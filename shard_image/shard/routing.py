@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from chatscale_contract.beat import Beat, ReportedState
-from chatscale_contract.hops import FORWARDED_BY, PASS_BACK, passed_headers
+from chatscale_contract.hops import ADOPT, FORWARDED_BY, PASS_BACK, passed_headers
 from chatscale_contract.placement import place
 from chatscale_contract.ring import Ring
 from shard.errors import json_error
@@ -126,7 +126,7 @@ class Router:
             return False
         # A released session is claimed like a new one and opens from its snapshot: the
         # receiving shard needs no more than the forwarding mark (it must not forward again).
-        headers = {FORWARDED_BY: self.settings.shard_id}
+        headers = {FORWARDED_BY: self.settings.shard_id, ADOPT: "1"}
         if self.credential:
             headers["X-Api-Key"] = self.credential
         try:

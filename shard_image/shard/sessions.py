@@ -180,12 +180,13 @@ class SessionManager:
         return driver
 
     async def start(
-        self, sid: str, spec: SessionSpec | None, *, reclaim: bool = False
+        self, sid: str, spec: SessionSpec | None, *, reclaim: bool = False, adopt: bool = False
     ) -> tuple[LiveSession, bool]:
         """Claim `sid` for this shard and open it (restoring its snapshot if one exists).
 
         Returns the session and whether this call started it (False: it was running already).
-        Raises Draining, registry.Full, registry.OwnedElsewhere or DriverError.
+        Raises Draining, registry.Full, registry.OwnedElsewhere, registry.Gone (`adopt`: it was
+        deleted or stopped meanwhile) or DriverError.
         """
         # One start per id at a time: two concurrent creates (a client retry, a forwarded
         # request) must not open two browser contexts for one session.
@@ -195,7 +196,7 @@ class SessionManager:
                 return self.sessions[sid], False
             if self.draining_since is not None:
                 raise Draining()
-            token = await self.registry.claim(sid, reclaim=reclaim)
+            token = await self.registry.claim(sid, reclaim=reclaim, adopt=adopt)
             if spec is None:
                 spec = SessionSpec.from_record(await self.registry.record(sid))
             session = LiveSession(sid, token, spec, self.build(spec))

@@ -115,7 +115,7 @@ async def test_a_broken_new_image_holds_the_rollout_and_the_old_shards_keep_serv
             h.docker.images.get(bad).tag(tag)  # the tag now names the broken build
             reasons: set[str] = set()
             tried: set[str] = set()
-            deadline = time.monotonic() + 45
+            deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 decision = await daemon.reconcile()
                 if decision is not None:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
-from shard.registry import Full, OwnedElsewhere, Registry
+from shard.registry import Full, Gone, OwnedElsewhere, Registry
 
 from chatscale_contract.beat import Beat, ReportedState
 from chatscale_contract.keys import Keys
@@ -112,6 +112,27 @@ async def test_release_makes_orphan_and_claim_adopts(raw: aioredis.Redis) -> Non
     await b.claim("s1")
     assert await raw.smembers(KEYS.orphans) == set()
     assert await b.snapshot("s1") == b"state"
+
+
+async def test_an_adoption_never_brings_back_a_deleted_or_stopped_session(
+    raw: aioredis.Redis,
+) -> None:
+    """A drain's hand-off or the autoscaler asks a shard to adopt a released session; deleted
+    or stopped in between, it must stay so (not be created anew by the adopting PUT)."""
+    a, b = registry(raw, "shard-1"), registry(raw, "shard-2")
+    await alive(a)
+    token = await a.claim("s1")
+    assert await a.release("s1", token, keep_running=True)
+    assert await b.claim("s1", adopt=True) == token + 1, "released and still wanted: adopted"
+    with pytest.raises(Gone):
+        await b.claim("never-was", adopt=True)
+    assert await b.record("never-was") == {}, "nothing created"
+    token = await a.claim("s2")
+    assert await a.release("s2", token, keep_running=True)
+    await b.mark_stopped("s2")
+    with pytest.raises(Gone):
+        await b.claim("s2", adopt=True)
+    assert (await b.record("s2"))["desired"] == "stopped"
 
 
 async def test_forget_removes_everything(raw: aioredis.Redis) -> None:
