@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aiohttp
 
 from bench.plots import soak_plot
-from bench.stand import KEYS, MIB, ROOT, Stand, StandConfig, machine, percentile, phone_of
+from bench.stand import KEYS, MIB, ROOT, Stand, StandConfig, header, percentile, phone_of
 
 FIELDS = [
     "t_s",
@@ -298,16 +298,14 @@ def markdown(result: dict[str, Any]) -> str:
 async def main_async(args: argparse.Namespace) -> int:
     project = f"csbench-soak-{args.page}"
     stand = Stand(StandConfig(project, args.max_sessions, args.max_shards, args.page == "heavy"))
-    result: dict[str, Any] = {
-        **machine(),
-        "command": args.command,
-        "sessions": args.sessions,
-        "minutes": args.minutes,
-        "page": args.page,
-        "max_sessions": args.max_sessions,
-        "config_keys_dropped_for_the_image": stand.pruned,
-        "images": stand.images(),
-    }
+    result = header(
+        stand,
+        command=args.command,
+        sessions=args.sessions,
+        minutes=args.minutes,
+        page=args.page,
+        max_sessions=args.max_sessions,
+    )
     print(json.dumps(result), flush=True)
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()

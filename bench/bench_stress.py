@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aiohttp
 
 from bench.plots import stress_plot
-from bench.stand import MIB, ROOT, Stand, StandConfig, machine, percentile, phone_of
+from bench.stand import MIB, ROOT, Stand, StandConfig, header, percentile, phone_of
 
 WAHA_MB_ONE = 400.0
 WAHA_GB_FIFTY = 20.0
@@ -254,15 +254,13 @@ def markdown(result: dict[str, Any]) -> str:
 async def main_async(args: argparse.Namespace) -> int:
     project = f"csbench-stress-{args.page}"
     stand = Stand(StandConfig(project, args.max_sessions, args.max_shards, args.page == "heavy"))
-    result: dict[str, Any] = {
-        **machine(),
-        "command": args.command,
-        "sessions": args.sessions,
-        "page": args.page,
-        "max_sessions": args.max_sessions,
-    }
-    result["config_keys_dropped_for_the_image"] = stand.pruned
-    result["images"] = stand.images()
+    result = header(
+        stand,
+        command=args.command,
+        sessions=args.sessions,
+        page=args.page,
+        max_sessions=args.max_sessions,
+    )
     print(json.dumps(result), flush=True)
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()

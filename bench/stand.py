@@ -64,6 +64,16 @@ def machine() -> dict[str, str]:
     }
 
 
+def header(stand: Stand, **fields: Any) -> dict[str, Any]:
+    """The start of a benchmark's result: the machine, the images and the run's own fields."""
+    return {
+        **machine(),
+        **fields,
+        "config_keys_dropped_for_the_image": stand.pruned,
+        "images": stand.images(),
+    }
+
+
 @dataclass
 class StandConfig:
     project: str
