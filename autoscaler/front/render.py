@@ -8,6 +8,7 @@ different meaning). The same table and settings always render the same bytes.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -108,23 +109,13 @@ def backups(shards: list[RouteShard], ring: list[str], count: int = 2) -> dict[s
     when it refuses the connection: a shard stopped after a drain, or dead, before the next
     table reaches nginx. They forward each request to the session's owner (shard/routing.py)
     or hold it while the session moves (shard/handoff.py). Purely computational."""
-    result: dict[str, list[str]] = {}
-    for shard in shards:
-        others = [addr for addr in ring if addr != shard.addr]
-        if not others:
-            result[shard.id] = []
-            continue
-        later = [a for a in others if ring.index(a) > _position(ring, shard.addr, shards)]
-        result[shard.id] = (later + [a for a in others if a not in later])[:count]
-    return result
-
-
-def _position(ring: list[str], addr: str, shards: list[RouteShard]) -> int:
-    """Where `addr` is (or would be) in `ring`, which lists addresses in shard order."""
-    if addr in ring:
-        return ring.index(addr)
+    members = set(ring)
     order = [s.addr for s in shards]
-    return sum(1 for a in ring if order.index(a) < order.index(addr)) - 1
+    result: dict[str, list[str]] = {}
+    for i, shard in enumerate(shards):
+        after = (a for a in order[i + 1 :] + order[:i] if a in members and a != shard.addr)
+        result[shard.id] = list(itertools.islice(after, count))
+    return result
 
 
 def check_table(table: RouteTable) -> list[str]:

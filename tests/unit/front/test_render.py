@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.front.render import RenderError, check_addr, map_hash_sizes, render
+from autoscaler.front.render import RenderError, backups, check_addr, map_hash_sizes, render
 from autoscaler.front.table import RouteShard, RouteTable
 from chatscale_contract.config import NginxSettings
 
@@ -226,3 +226,20 @@ def test_map_hash_sizes_grow_with_exceptions() -> None:
     assert map_hash_sizes(100_000) == (400_000, 512)
     text = text_of(RouteTable(SHARDS, EXCEPTIONS))
     assert text.index("map_hash_max_size") < text.index("map $")
+
+
+def test_each_shard_is_backed_by_the_next_ring_members_after_it() -> None:
+    shards = [
+        RouteShard("shard-1", "a:1"),
+        RouteShard("shard-2", "b:1", in_ring=False),  # draining: backed, but backs no one
+        RouteShard("shard-3", "c:1"),
+        RouteShard("shard-4", "d:1"),
+    ]
+    ring = [s.addr for s in shards if s.in_ring]
+    assert backups(shards, ring) == {
+        "shard-1": ["c:1", "d:1"],
+        "shard-2": ["c:1", "d:1"],
+        "shard-3": ["d:1", "a:1"],  # wraps around
+        "shard-4": ["a:1", "c:1"],
+    }
+    assert backups(shards[:1], ring[:1]) == {"shard-1": []}, "a lone shard has none"
