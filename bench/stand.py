@@ -36,7 +36,7 @@ import docker  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 import yaml  # noqa: E402
 from support.compose import IMAGES, Compose  # noqa: E402
-from support.e2e import e2e_config  # noqa: E402
+from support.e2e import e2e_config, start_site  # noqa: E402
 from support.procs import port_open, wait_for  # noqa: E402
 from support.scenario import API_KEY  # noqa: E402
 
@@ -142,36 +142,15 @@ class Stand:
         self.redis = aioredis.Redis.from_url(self.compose.redis, decode_responses=True)
 
     def start_site(self) -> str:
-        env = {"PYTHONPATH": "/app"}
-        if self.cfg.heavy:
-            env["FAKESITE_HEAVY"] = "1"
-        with contextlib.suppress(docker.errors.NotFound):
-            self.client.containers.get(self.site_name).remove(force=True)
-        container = self.client.containers.run(
-            "chatscale-shard:latest",
-            [
-                "python3",
-                "-m",
-                "fakesite",
-                "--host",
-                "0.0.0.0",
-                "--port",
-                "9000",
-                "--qr-rotate-seconds",
-                "300",
-            ],
+        return start_site(
+            self.client,
+            ROOT,
             name=self.site_name,
-            detach=True,
             network=self.network,
-            environment=env,
-            volumes={str(ROOT / "tests" / "fakesite"): {"bind": "/app/fakesite", "mode": "ro"}},
-            entrypoint=[],
+            rotate=300,
+            heavy=self.cfg.heavy,
             labels={"chatscale.bench": self.project},
         )
-        container.reload()
-        ip = container.attrs["NetworkSettings"]["Networks"][self.network]["IPAddress"]
-        wait_for(lambda: port_open(9000, ip), 60, "the stand-in site container", 0.2)
-        return f"http://{ip}:9000"
 
     async def start(self) -> None:
         """`up` in a worker thread; a cancel (Ctrl-C) waits for it in `close`, so nothing it

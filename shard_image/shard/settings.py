@@ -149,21 +149,21 @@ def _shared_config(env: Mapping[str, str], errors: list[str]) -> Config:
 def available_cpus() -> int:
     """The CPUs this process may use: a container's CPU quota (cgroup v2 or v1) if it sets
     one, else the CPUs it may run on. At least 1."""
-    quota = _cgroup_cpus()
+    quota = cgroup_cpus()
     cpus = len(os.sched_getaffinity(0))
     return max(1, min(cpus, quota) if quota else cpus)
 
 
-def _cgroup_cpus() -> int:
-    """ceil(quota / period) of the container's CPU limit; 0 when there is none."""
+def cgroup_cpus(root: Path = Path("/sys/fs/cgroup")) -> int:
+    """ceil(quota / period) of the container's CPU limit (cgroup v2, else v1); 0 when none."""
     for quota_file, period_file in (
-        ("/sys/fs/cgroup/cpu.max", None),
-        ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
+        (root / "cpu.max", None),
+        (root / "cpu" / "cpu.cfs_quota_us", root / "cpu" / "cpu.cfs_period_us"),
     ):
         try:
-            fields = Path(quota_file).read_text().split()
+            fields = quota_file.read_text().split()
             if period_file is not None:
-                fields.append(Path(period_file).read_text().strip())
+                fields.append(period_file.read_text().strip())
             quota, period = fields[0], fields[1]
         except (OSError, IndexError):
             continue

@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import io
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import docker
 import pytest
-from support.harness import Harness
+from support.harness import Harness, passes
 
 from autoscaler.loop.daemon import Daemon
 from chatscale_contract.configload import load_config
@@ -57,7 +57,7 @@ async def test_a_new_image_under_the_same_tag_rolls_out_one_shard_at_a_time(
         settings["shard"]["image"] = tag
         config = load_config(h.write(settings))
         async with Daemon(config) as daemon:
-            await _passes(daemon, lambda: h.running() == ["shard-1", "shard-2"], 40)
+            await passes(daemon, lambda: h.running() == ["shard-1", "shard-2"], 40)
             old = {s: _image_of(h, s) for s in h.running()}
             h.docker.images.get(newer).tag(tag)  # the tag now names a new build
             most_draining = 0
@@ -69,7 +69,7 @@ async def test_a_new_image_under_the_same_tag_rolls_out_one_shard_at_a_time(
                 running = h.running()
                 return len(running) == 2 and all(_image_of(h, s) == newer for s in running)
 
-            await _passes(daemon, rolled_out, 90)
+            await passes(daemon, rolled_out, 90)
             kinds = [e.kind for e in await daemon.events.recent(100)]
         assert set(old.values()) == {h.docker.images.get(heartbeat_image).id}
         assert most_draining == 1, "one at a time (max_at_once 1)"
@@ -108,7 +108,7 @@ async def test_a_broken_new_image_holds_the_rollout_and_the_old_shards_keep_serv
         config = load_config(h.write(settings))
         assert config.policy.recycle.max_surge == 1, "the default is what is tested"
         async with Daemon(config) as daemon:
-            await _passes(daemon, lambda: h.beating(2), 40)
+            await passes(daemon, lambda: h.beating(2), 40)
             assert h.create(["held-a", "held-b", "held-c"]) == []
             old = {s: h.identity(s) for s in ("shard-1", "shard-2")}
             old_image = h.docker.images.get(heartbeat_image).id
@@ -165,11 +165,3 @@ def _images_but(h: Harness, shard_ids: Iterable[str]) -> set[str]:
     return {
         str(c.attrs["ImageID"]) for c in found if c.attrs["Labels"]["chatscale.shard"] not in skip
     }
-
-
-async def _passes(daemon: Daemon, done: Callable[[], bool], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not done():
-        assert time.monotonic() < deadline, f"not within {seconds} s: {daemon.state.decisions[0]}"
-        await daemon.reconcile()
-        await asyncio.sleep(0.3)

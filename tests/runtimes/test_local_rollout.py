@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 import pytest
-from support.harness import Harness
+from support.harness import Harness, passes
 
 from autoscaler.engine.schedules import VALIDATION
 from autoscaler.loop.daemon import Daemon
@@ -35,7 +34,7 @@ async def test_new_shard_settings_that_never_come_up_hold_the_rollout(harness: H
     config = load_config(path, context=VALIDATION)
     assert config.policy.recycle.max_surge == 1, "the default is what is tested"
     async with Daemon(config, config_path=path) as daemon:
-        await _passes(daemon, lambda: h.beating(2), 40)
+        await passes(daemon, lambda: h.beating(2), 40)
         assert h.create(["held-a", "held-b", "held-c"]) == []
         old = {s: h.identity(s) for s in OLD}
         settings["shard"]["env"] = {"BROWSER_EXECUTABLE": "/nonexistent/chromium"}
@@ -70,11 +69,3 @@ async def test_new_shard_settings_that_never_come_up_hold_the_rollout(harness: H
     # (which old shard goes first depends on which is older: both are due)
     waits = [r for r in reasons if r.startswith("rollout: 1 extra shard(s) first")]
     assert any(r.endswith("is drained once one is ready") for r in waits), sorted(reasons)
-
-
-async def _passes(daemon: Daemon, done: Callable[[], bool], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not done():
-        assert time.monotonic() < deadline, f"not within {seconds} s: {daemon.state.decisions[0]}"
-        await daemon.reconcile()
-        await asyncio.sleep(0.3)

@@ -50,13 +50,24 @@ def e2e_config(root: Path) -> dict[str, Any]:
     return config
 
 
-def start_site(client: docker.DockerClient, root: Path, published: bool = False) -> str:
+def start_site(
+    client: docker.DockerClient,
+    root: Path,
+    published: bool = False,
+    *,
+    name: str = SITE,
+    network: str = "chatscale",
+    rotate: int = 120,
+    heavy: bool = False,
+    labels: dict[str, str] | None = None,
+) -> str:
     """The stand-in site in a container on the fleet's network (`chatscale`), where the shards
     reach it as chatscale-fakesite:9000; returns its URL for the test: its IP on a bridge
-    network, or a published loopback port (an overlay network is not reachable from the host)."""
+    network, or a published loopback port (an overlay network is not reachable from the host).
+    `heavy`: the page that loads like WhatsApp Web (tests/fakesite/README.md)."""
     port = free_port()
     with contextlib.suppress(docker.errors.NotFound):  # left by a run that was killed
-        client.containers.get(SITE).remove(force=True)
+        client.containers.get(name).remove(force=True)
     container = client.containers.run(
         "chatscale-shard:latest",
         [
@@ -68,20 +79,21 @@ def start_site(client: docker.DockerClient, root: Path, published: bool = False)
             "--port",
             "9000",
             "--qr-rotate-seconds",
-            "120",
+            str(rotate),
         ],
-        name=SITE,
+        name=name,
         detach=True,
-        network="chatscale",
-        environment={"PYTHONPATH": "/app"},
+        network=network,
+        environment={"PYTHONPATH": "/app", **({"FAKESITE_HEAVY": "1"} if heavy else {})},
         volumes={str(root / "tests" / "fakesite"): {"bind": "/app/fakesite", "mode": "ro"}},
         ports={"9000/tcp": ("127.0.0.1", port)} if published else {},
         entrypoint=[],
+        labels=labels or {},
     )
     if published:
         wait_for(lambda: port_open(port), 30, "the stand-in site container")
         return f"http://127.0.0.1:{port}"
     container.reload()
-    ip = container.attrs["NetworkSettings"]["Networks"]["chatscale"]["IPAddress"]
-    wait_for(lambda: port_open(9000, ip), 30, "the stand-in site container")
+    ip = container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
+    wait_for(lambda: port_open(9000, ip), 60, "the stand-in site container", 0.2)
     return f"http://{ip}:9000"

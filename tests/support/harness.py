@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from typing import Any
 import redis
 import yaml
 
+from autoscaler.loop.daemon import Daemon
 from autoscaler.runtimes.local import MARKER, shard_roots
 from chatscale_contract import proctree
 from chatscale_contract.beat import Beat
@@ -158,3 +162,12 @@ class Harness:
         procs = proctree.scan(MARKER)
         ours = {p.pid for p in procs.values() if (p.marker or "").startswith(f"{self.project}/")}
         proctree.kill(proctree.tree(procs, ours))
+
+
+async def passes(daemon: Daemon, done: Callable[[], bool], seconds: float) -> None:
+    """Reconcile passes until `done()`; fails naming the last decision after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, f"not within {seconds} s: {daemon.state.decisions[0]}"
+        await daemon.reconcile()
+        await asyncio.sleep(0.3)
