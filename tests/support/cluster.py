@@ -31,7 +31,7 @@ from pathlib import Path
 import docker
 
 from support.procs import copy_images, kill_by_command_line, unmount_under, wait_for
-from support.swarm import has_gwbridge, leave, remove_services, run, swarm_state
+from support.swarm import TEST_MARK, has_gwbridge, leave, remove_services, run, swarm_state
 
 BRIDGE = "csbr0"
 FORWARD = ["FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]
@@ -141,12 +141,13 @@ def cluster(folder: Path, workers: int = 2, images: tuple[str, ...] = ()) -> Ite
         for node in state.workers:
             _load_images(node, images)
         run("docker", "swarm", "init", "--advertise-addr", MANAGER_ADDR)
+        manager_id = run("docker", "info", "--format", "{{.Swarm.NodeID}}").strip()
+        run("docker", "node", "update", "--label-add", TEST_MARK, manager_id)
         token = run("docker", "swarm", "join-token", "-q", "worker").strip()
         for node in state.workers:
             node.docker("swarm", "join", "--token", token, "--advertise-addr", node.addr,
                         f"{MANAGER_ADDR}:2377")  # fmt: skip
             node.node_id = node.docker("info", "--format", "{{.Swarm.NodeID}}").strip()
-        manager_id = run("docker", "info", "--format", "{{.Swarm.NodeID}}").strip()
         run("docker", "node", "update", "--label-add", "chatscale.redis=true", manager_id)
         wait_for(lambda: _ready(manager) == 1 + workers, 60, "every node ready in the swarm")
         yield state

@@ -45,6 +45,11 @@ def leave(client: docker.DockerClient, gwbridge_before: bool) -> None:
         run("docker", "network", "rm", "docker_gwbridge", check=False)
 
 
+# The label a test puts on the swarm node it made, so that scripts/clean-test-leftovers can tell a
+# swarm a killed test run left behind (no `finally` ran) from one somebody else made.
+TEST_MARK = "chatscale.test=1"
+
+
 def has_gwbridge(client: docker.DockerClient) -> bool:
     return bool(client.networks.list(names=["docker_gwbridge"]))
 
@@ -58,7 +63,8 @@ def single_node_swarm() -> Iterator[docker.DockerClient]:
     run("docker", "swarm", "init", "--advertise-addr", "127.0.0.1")
     try:
         node = client.nodes.list()[0]
-        run("docker", "node", "update", "--label-add", "chatscale.redis=true", str(node.id))
+        run("docker", "node", "update", "--label-add", TEST_MARK,
+            "--label-add", "chatscale.redis=true", str(node.id))  # fmt: skip
         yield client
     finally:
         remove_services(client)
