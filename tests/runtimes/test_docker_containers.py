@@ -115,8 +115,12 @@ async def test_a_broken_new_image_holds_the_rollout_and_the_old_shards_keep_serv
             h.docker.images.get(bad).tag(tag)  # the tag now names the broken build
             reasons: set[str] = set()
             tried: set[str] = set()
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
+            # Watched until the new shard was found dead and the plan says the rollout is held
+            # (boot_timeout 10 s), and for 15 s at least: many passes that drain nothing.
+            start = time.monotonic()
+            seen = False
+            while not seen or time.monotonic() < start + 15:
+                assert time.monotonic() < start + 60, f"never held: {sorted(reasons)}"
                 decision = await daemon.reconcile()
                 if decision is not None:
                     reasons |= set(decision.plan.reasons)
@@ -126,16 +130,13 @@ async def test_a_broken_new_image_holds_the_rollout_and_the_old_shards_keep_serv
                 states = {v.id: v.state for v in shards}
                 assert states["shard-1"] == states["shard-2"] == "ready", states
                 tried |= _images_but(h, old)
+                seen = _held(reasons) and await _replaced(daemon, set(old))
                 await asyncio.sleep(0.3)
             events = await daemon.events.recent(500)
         assert h.owned("shard-1") + h.owned("shard-2") == 3, "the old shards keep their sessions"
         assert tried == {bad}, "the new shard ran the new (broken) image"
         assert not [e for e in events if e.kind == "drain"], "no old shard drained"
-        assert [e for e in events if e.kind == "replace" and e.shard not in old], (
-            "the new shard was found dead and replaced"
-        )
-        held = [r for r in reasons if r.startswith("rollout held:")]
-        assert any("shard-3" in r for r in held), sorted(reasons)
+        assert _held(reasons), sorted(reasons)
     finally:
         h.cleanup()  # the containers first: an image in use cannot be removed
         with contextlib.suppress(docker.errors.ImageNotFound):
@@ -143,6 +144,16 @@ async def test_a_broken_new_image_holds_the_rollout_and_the_old_shards_keep_serv
         if bad:
             with contextlib.suppress(docker.errors.ImageNotFound):
                 h.docker.images.remove(bad, force=True)
+
+
+def _held(reasons: set[str]) -> bool:
+    return any(r.startswith("rollout held:") and "shard-3" in r for r in reasons)
+
+
+async def _replaced(daemon: Daemon, old: set[str]) -> bool:
+    """The new shard was found dead and replaced."""
+    events = await daemon.events.recent(500)
+    return any(e.kind == "replace" and e.shard not in old for e in events)
 
 
 def _derived_image(h: Harness, base: str, line: str = "") -> str:

@@ -41,8 +41,12 @@ async def test_new_shard_settings_that_never_come_up_hold_the_rollout(harness: H
         h.write(settings)  # what an operator does
         reasons: set[str] = set()
         tried: set[str] = set()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        # Watched until the new shard was started again after it exited and the plan says the
+        # rollout waits, and for 15 s at least: many passes that drain nothing.
+        start = time.monotonic()
+        seen = False
+        while not seen or time.monotonic() < start + 15:
+            assert time.monotonic() < start + 60, f"never waited: {sorted(reasons)}"
             decision = await daemon.reconcile()
             if decision is not None:
                 reasons |= set(decision.plan.reasons)
@@ -55,6 +59,7 @@ async def test_new_shard_settings_that_never_come_up_hold_the_rollout(harness: H
             instances = fleet.instances.values() if fleet else ()
             # ("" when its environment could not be read: a process exiting as it is read)
             tried |= {i.config_hash for i in instances if i.shard_id not in OLD} - {""}
+            seen = _waits(reasons) and len(await _new_starts(daemon)) >= 2
             await asyncio.sleep(0.3)
         events = await daemon.events.recent(500)
         fingerprint = daemon.config.fingerprint()
@@ -66,6 +71,15 @@ async def test_new_shard_settings_that_never_come_up_hold_the_rollout(harness: H
     assert len(starts) >= 2, "the new shard was started again after it exited"
     log = (h.folder / "shards" / f"{h.project}-{starts[0].shard}.log").read_text()
     assert "BROWSER_EXECUTABLE '/nonexistent/chromium' is not an executable" in log
+    assert _waits(reasons), sorted(reasons)
+
+
+def _waits(reasons: set[str]) -> bool:
     # (which old shard goes first depends on which is older: both are due)
     waits = [r for r in reasons if r.startswith("rollout: 1 extra shard(s) first")]
-    assert any(r.endswith("is drained once one is ready") for r in waits), sorted(reasons)
+    return any(r.endswith("is drained once one is ready") for r in waits)
+
+
+async def _new_starts(daemon: Daemon) -> list[str]:
+    events = await daemon.events.recent(500)
+    return [e.shard for e in events if e.kind == "start" and e.shard not in OLD]
