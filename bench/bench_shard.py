@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import datetime
 import os
@@ -425,6 +426,12 @@ async def create_all(
     return phase
 
 
+def snapshot_size(db: redis.Redis, sid: str) -> int:
+    """The compressed snapshot's bytes (Redis holds them as base64 text in a hash)."""
+    data = db.hget(KEYS.snapshot(sid), "data")
+    return len(base64.b64decode(data)) if isinstance(data, bytes) else 0
+
+
 async def wait_snapshots(db: redis.Redis, api: Api, sids: list[str], timeout: float) -> float:
     """Until every session has a snapshot saved under its current token (by this process)."""
     started = time.monotonic()
@@ -782,7 +789,7 @@ async def run(owned: Owned, args: argparse.Namespace) -> Results:
             if args.heavy:
                 await asyncio.sleep(25)  # two more snapshots of every session
             r.page = "heavy" if args.heavy else "light"
-            r.snapshot_bytes = [int(db.strlen(KEYS.snapshot(sid))) for sid in sids]
+            r.snapshot_bytes = [snapshot_size(db, sid) for sid in sids]
             r.shared = await settled_memory(shard.tag, args.settle)
             print(f"shared: {mib(r.shared.total)}", file=note)
 

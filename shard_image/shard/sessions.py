@@ -12,10 +12,11 @@ import contextlib
 import functools
 import json
 import logging
+import random
 import time
 import weakref
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -39,6 +40,9 @@ MESSAGE_RETRIES = 8
 PROBE_FAILURES = 30
 """Consecutive failed page probes (one per WATCH_INTERVAL) after which the session FAILS: a
 navigation takes a few, an invalid selector fails every one."""
+RESTORED_SNAPSHOT_DELAY = (30.0, 60.0)
+"""Seconds (spread at random) after which a session opened from its snapshot is snapshotted
+again, when SNAPSHOT_INTERVAL is not shorter."""
 
 
 class Status(StrEnum):
@@ -253,6 +257,13 @@ class SessionManager:
         opened = time.monotonic()
         restore = split(state, session.driver.url)
         session.restored = state is not None
+        if session.restored:
+            # What it opens from is saved already, so it need not be snapshotted before it is
+            # WORKING: on a heavy page that snapshot took most of a restore's extra time. The
+            # site's changes on load are saved a little later, spread so that a failover's
+            # sessions do not all snapshot at once.
+            delay = min(self.settings.snapshot_interval, random.uniform(*RESTORED_SNAPSHOT_DELAY))
+            session.snapshot_at = time.time() - self.settings.snapshot_interval + delay
         session.context = await self.browser.new_context(restore.context_state)
         session.page = await session.context.new_page()
         session.page.on("crash", lambda _page: self._reopen_later(session, "page crashed"))
@@ -272,8 +283,7 @@ class SessionManager:
             blob = await self.registry.snapshot(sid)
             if blob is None:
                 return None
-            state: dict[str, Any] = json.loads(zlib.decompress(blob))
-            return state
+            return await asyncio.to_thread(decode_snapshot, blob)
         except (zlib.error, ValueError) as exc:
             log.warning("snapshot of %s unreadable, starting fresh: %s", sid, exc)
             return None
@@ -385,7 +395,8 @@ class SessionManager:
             return False
         started = time.monotonic()
         state = await session.context.storage_state(indexed_db=True)
-        blob = zlib.compress(json.dumps(state, separators=(",", ":")).encode(), 6)
+        # A heavy page's state is megabytes: encoded on the loop, it held up the heartbeat.
+        blob = await asyncio.to_thread(encode_snapshot, state)
         saved = await self.registry.save_snapshot(session.id, session.token, blob)
         if not saved:
             await self.lost(session)
@@ -505,3 +516,13 @@ class SessionManager:
         if context is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(context.close(), 10)
+
+
+def encode_snapshot(state: Mapping[str, object]) -> bytes:
+    """Playwright's storage_state as stored in Redis: compact JSON, zlib level 6."""
+    return zlib.compress(json.dumps(state, separators=(",", ":")).encode(), 6)
+
+
+def decode_snapshot(blob: bytes) -> dict[str, Any]:
+    state: dict[str, Any] = json.loads(zlib.decompress(blob))
+    return state
