@@ -199,12 +199,18 @@ class Daemon:
             self.state.history = history.record(now, plan.recommendation, keep, observed.busy)
         events: list[Event] = []
         if leader:
+            # Orphans before the plan: a stop in it can take the shard's whole stop timeout,
+            # and a drained shard holds requests for the sessions it released until they are
+            # adopted (shard/handoff.py): adopted after the stop, those requests died with it.
+            # (Until the first front update there is no ring to place them by.)
+            adopt_first = self.front.table is not None
+            if adopt_first:
+                events += await self._adopt(fleet)
             events += await self.actor.execute(plan, fleet, policy.dry_run, self.leading)
             if not fleet.error and self.leading():
                 await self.front.update(fleet, policy.dry_run)
-                if fleet.orphans and self.front.table is not None:
-                    ring = self.front.table.ring()
-                    events += await self.actor.adopt_orphans(fleet, ring, policy.dry_run)
+                if not adopt_first:
+                    events += await self._adopt(fleet)
         self.state.fleet, self.state.observed = fleet, observed
         self.state.samples.add(now, observed)
         self._export(observed, plan, leader)
@@ -212,6 +218,13 @@ class Daemon:
         decision = Decision(now, plan, leader, duration, tuple(events))
         self.state.decisions.appendleft(decision)
         return decision
+
+    async def _adopt(self, fleet: Fleet) -> list[Event]:
+        """Released sessions that should run, each asked of a shard with room (once a pass)."""
+        table = self.front.table
+        if fleet.error or not fleet.orphans or table is None:
+            return []
+        return await self.actor.adopt_orphans(fleet, table.ring(), self.config.policy.dry_run)
 
     def follow_up(self) -> float | None:
         """Seconds until this leader has work due that should not wait for the next interval
