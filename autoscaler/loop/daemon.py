@@ -15,7 +15,7 @@ import os
 import socket
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
@@ -25,11 +25,11 @@ from redis.exceptions import RedisError
 
 from autoscaler.engine.decide import decide
 from autoscaler.engine.fleet import Fleet, FleetLimits, to_observed
-from autoscaler.engine.model import History, Observed, Plan, ShardState
+from autoscaler.engine.model import ActionKind, History, Observed, Plan, ShardState
 from autoscaler.engine.schedules import VALIDATION
 from autoscaler.front.front import Front
 from autoscaler.loop.act import Actor, ActSettings
-from autoscaler.loop.events import Event, EventLog
+from autoscaler.loop.events import Event, EventLog, Outcome
 from autoscaler.loop.leader import LeaderLock
 from autoscaler.loop.observe import Observer
 from autoscaler.loop.samples import Samples
@@ -208,7 +208,7 @@ class Daemon:
                 events += await self._adopt(fleet)
             events += await self.actor.execute(plan, fleet, policy.dry_run, self.leading)
             if not fleet.error and self.leading():
-                await self.front.update(fleet, policy.dry_run)
+                await self.front.update(without_stopped(fleet, events), policy.dry_run)
                 if not adopt_first:
                     events += await self._adopt(fleet)
         self.state.fleet, self.state.observed = fleet, observed
@@ -313,3 +313,15 @@ class Daemon:
         self.reconfigure(new)
         if self.on_reload is not None:
             self.on_reload()
+
+
+def without_stopped(fleet: Fleet, events: list[Event]) -> Fleet:
+    """`fleet` less the shards this pass stopped. A stopped container's name no longer resolves
+    and nginx refuses a whole config naming one ("host not found in upstream"), so the fronts
+    kept the last good config, which still routed to the stopped shard, until a retry 10 s on:
+    every request for its sessions failed meanwhile (the Docker rolling-update test saw it)."""
+    gone = {e.shard for e in events if e.kind == ActionKind.STOP and e.outcome == Outcome.OK}
+    if not gone:
+        return fleet
+    running = {k: v for k, v in fleet.instances.items() if k not in gone}
+    return replace(fleet, instances=running)

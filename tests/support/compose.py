@@ -100,8 +100,9 @@ class Compose:
         return done
 
     def down(self) -> None:
-        logs = self.run("logs", "--no-color", "autoscaler", check=False)
-        (self.folder / "autoscaler.log").write_text(logs.stdout + logs.stderr)
+        for service in ("autoscaler", "nginx"):  # (nginx's access and error logs go there)
+            logs = self.run("logs", "--no-color", service, check=False)
+            (self.folder / f"{service}.log").write_text(logs.stdout + logs.stderr)
         self.run("down", "--remove-orphans", "-v", "-t", "30", check=False)
 
 

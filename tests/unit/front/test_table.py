@@ -11,6 +11,8 @@ from autoscaler.front.table import (
     route_shards,
     route_table,
 )
+from autoscaler.loop.daemon import without_stopped
+from autoscaler.loop.events import Event, Outcome
 from chatscale_contract.beat import Beat, ReportedState
 
 NOW = 1_000_000.0
@@ -78,3 +80,24 @@ def test_shard_names_are_pinned_to_the_addresses_the_runtime_reports() -> None:
         "shard-4": "10.0.1.9:9999",  # another port: not the same thing
     }
     assert pinned_hosts(table, where) == {"demo-shard-1": "10.0.1.7"}
+
+
+def test_shards_stopped_in_a_pass_leave_the_table_it_publishes() -> None:
+    """The pass's observation still shows a shard it stopped as running; its name no longer
+    resolves, and nginx refuses a config that names it. A stop that failed keeps its shard."""
+    ids = ("shard-1", "shard-2", "shard-3")
+    fleet = Fleet(
+        NOW,
+        instances={s: ShardInstance(s, True, NOW - 100, f"{s}:8000") for s in ids},
+        beats={s: Beat(s, f"{s}:8000", ReportedState.DRAINING, 0, 50, 0, 0, NOW) for s in ids},
+    )
+    events = [
+        Event("stop", "shard-1", "drain complete", Outcome.OK, NOW),
+        Event("stop", "shard-2", "drain complete", Outcome.FAILED, NOW, "timeout"),
+        Event("drain", "shard-3", "recycle", Outcome.OK, NOW),
+    ]
+    assert [s.id for s in route_table(without_stopped(fleet, events), 20).shards] == [
+        "shard-2",
+        "shard-3",
+    ]
+    assert without_stopped(fleet, events[1:]) is fleet
