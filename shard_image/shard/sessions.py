@@ -395,7 +395,8 @@ class SessionManager:
             return False
         started = time.monotonic()
         state = await session.context.storage_state(indexed_db=True)
-        # A heavy page's state is megabytes: encoded on the loop, it held up the heartbeat.
+        # A heavy page's state is megabytes: encoded on the loop, it would delay everything
+        # else the shard does, its heartbeat included.
         blob = await asyncio.to_thread(encode_snapshot, state)
         saved = await self.registry.save_snapshot(session.id, session.token, blob)
         if not saved:
