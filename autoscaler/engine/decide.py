@@ -182,10 +182,10 @@ def decide(observed: Observed, policy: Policy, history: History, now: float) -> 
         *grow,
         *shrink,
         *recycle.actions,
-        *_finish_drains(draining, skip=cancelled),
+        *_finish_drains(draining, skip=cancelled, adoptable=_adoptable(observed, groups)),
     ]
     reasons = (*need.reasons, *bound_reasons, *stable_reasons, *_overdue(draining, policy, now))
-    reasons = (*reasons, *recycle.reasons)
+    reasons = (*reasons, *recycle.reasons, *_stop_waits(draining, _adoptable(observed, groups)))
     reasons = (*reasons, *_room_reasons(observed, grow, desired - current), *observed.notes)
     if desired < current and recovering:
         reasons = (*reasons, "scale-down waits until replaced shards have their sessions back")
@@ -421,12 +421,32 @@ def _shrink(live: list[ShardView], surplus: int, policy: Policy) -> list[Action]
     return actions
 
 
-def _finish_drains(draining: list[ShardView], skip: set[str]) -> list[Action]:
+def _finish_drains(draining: list[ShardView], skip: set[str], adoptable: int) -> list[Action]:
+    # Not while released sessions can be adopted: a drained shard holds requests for the
+    # sessions it released until another shard has them (shard/handoff.py), so stopped now it
+    # would take those requests with it, and the stop would hold up the pass that adopts them.
+    # (With no room anywhere it stops: its slot may be what the released sessions wait for.)
+    if adoptable:
+        return []
     return [
         Action(ActionKind.STOP, s.id, "drain complete: no sessions left")
         for s in draining
         if s.sessions == 0 and s.id not in skip
     ]
+
+
+def _adoptable(observed: Observed, groups: dict[ShardState, list[ShardView]]) -> int:
+    """Released sessions a ready shard has room for now."""
+    free = sum(max(0, observed.max_sessions - s.sessions) for s in groups[ShardState.READY])
+    return min(observed.orphans, free)
+
+
+def _stop_waits(draining: list[ShardView], adoptable: int) -> tuple[str, ...]:
+    empty = [s.id for s in draining if s.sessions == 0]
+    if not adoptable or not empty:
+        return ()
+    waiting = f"{adoptable} released session(s)"
+    return (f"{', '.join(empty)} drained: stopped once {waiting} are adopted",)
 
 
 def _overdue(draining: list[ShardView], policy: Policy, now: float) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -184,6 +185,28 @@ def test_cancel_wins_over_finishing_an_empty_drain() -> None:
     observed = fleet(ready(1, 50), ("shard-2", DRAINING, 0), ready(3, 50))
     plan = decide(observed, policy(buffer=Buffer(slots=1, percent=0)), OLD, NOW)
     assert kinds(plan.actions) == [("cancel_drain", "shard-2")]
+
+
+@pytest.mark.parametrize(
+    ("orphans", "others", "stops"),
+    [
+        (0, 10, True),  # nothing released: the drain is complete
+        (2, 10, False),  # released sessions a ready shard can take: adopted first
+        (2, 50, True),  # no room anywhere: its slot may be what they wait for
+    ],
+)
+def test_an_empty_drained_shard_stops_once_what_it_released_is_adopted(
+    orphans: int, others: int, stops: bool
+) -> None:
+    """The drained shard holds requests for the sessions it released until another shard has
+    them: stopped first, it would take those requests with it."""
+    # (drained for a rolling update: a drain for scale-down would be cancelled by full shards)
+    drained = ShardView("shard-2", DRAINING, 0, outdated=True)
+    observed = replace(fleet(ready(1, others), drained, ready(3, others)), orphans=orphans)
+    plan = decide(observed, policy(max_shards=3, recycle={"outdated": True}), OLD, NOW)
+    assert (("stop", "shard-2") in kinds(plan.actions)) is stops, plan
+    waits = [r for r in plan.reasons if r.startswith("shard-2 drained: stopped once")]
+    assert bool(waits) is not stops, plan.reasons
 
 
 # --- scale down -------------------------------------------------------------------------------
