@@ -51,13 +51,15 @@ class LocalReloader:
             await self._start()
 
     async def _start(self) -> None:
-        # nginx daemonizes; its output goes to a file because the daemon may keep a pipe open.
         # -e: log startup errors where the config logs, not to nginx's compiled-in default path.
         argv = [self.settings.binary, "-e", self.settings.error_log, "-c", self.config_path]
         log.info("nginx is not running; starting it: %s", " ".join(argv))
-        code, output = await run_command(argv, self.start_timeout)
+        # The daemon keeps this process's stdout and stderr: with access_log /dev/stdout and
+        # error_log /dev/stderr (the compose setup) its logs reach the container log. (Given a
+        # temporary file, as for `nginx -t`, they went to a deleted file.)
+        code, _ = await run_command(argv, self.start_timeout, inherit=True)
         if code != 0:
-            raise ReloadError(f"starting nginx failed (exit {code}): {output}")
+            raise ReloadError(f"starting nginx failed (exit {code}); its messages: the log")
 
 
 def running_pid(pid_path: Path) -> int | None:
@@ -89,11 +91,14 @@ def kill_leftovers(master: int) -> int:
     return killed
 
 
-async def run_command(argv: list[str], limit: float) -> tuple[int, str]:
-    """Run argv; return (exit code, its stdout and stderr). Kills it after `limit` seconds."""
+async def run_command(argv: list[str], limit: float, inherit: bool = False) -> tuple[int, str]:
+    """Run argv; return (exit code, its stdout and stderr). Kills it after `limit` seconds.
+    `inherit`: its output goes to this process's stdout and stderr instead ("" returned)."""
+    # A file, not a pipe: a daemon it starts may keep a pipe open, and reading it would hang.
     with tempfile.TemporaryFile() as output:
+        sink = None if inherit else output
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=sink, stderr=sink
         )
         try:
             code = await asyncio.wait_for(proc.wait(), limit)
