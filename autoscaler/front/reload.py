@@ -54,9 +54,9 @@ class LocalReloader:
         # -e: log startup errors where the config logs, not to nginx's compiled-in default path.
         argv = [self.settings.binary, "-e", self.settings.error_log, "-c", self.config_path]
         log.info("nginx is not running; starting it: %s", " ".join(argv))
-        # The daemon keeps this process's stdout and stderr: with access_log /dev/stdout and
-        # error_log /dev/stderr (the compose setup) its logs reach the container log. (Given a
-        # temporary file, as for `nginx -t`, they went to a deleted file.)
+        # The daemon keeps this process's stderr (its stdout it points at /dev/null): with
+        # error_log and access_log /dev/stderr (the compose setup) its logs reach the container
+        # log. (Given a temporary file, as for `nginx -t`, they went to a deleted file.)
         code, _ = await run_command(argv, self.start_timeout, inherit=True)
         if code != 0:
             raise ReloadError(f"starting nginx failed (exit {code}); its messages: the log")

@@ -47,7 +47,7 @@ async def test_compose_end_to_end(compose: Compose, artifacts_dir: Path) -> None
     assert report.max_seen <= MAX_SESSIONS, "a shard held more than max_sessions"
     assert report.peak_shards >= 3
     assert report.misrouted == [], report.misrouted
-    # access_log /dev/stdout (config.yaml's compose setting): nginx's lines in the container log
+    # access_log /dev/stderr (config.yaml's compose setting): nginx's lines in the container log
     logs = compose.run("logs", "--no-color", "nginx").stdout
     assert '"uri":"/api/sessions/' in logs, logs[-2000:]
 
