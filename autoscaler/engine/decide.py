@@ -182,10 +182,11 @@ def decide(observed: Observed, policy: Policy, history: History, now: float) -> 
         *grow,
         *shrink,
         *recycle.actions,
-        *_finish_drains(draining, skip=cancelled, adoptable=_adoptable(observed, groups)),
+        *_finish_drains(draining, cancelled, _adoptable(observed, groups), policy, now),
     ]
     reasons = (*need.reasons, *bound_reasons, *stable_reasons, *_overdue(draining, policy, now))
-    reasons = (*reasons, *recycle.reasons, *_stop_waits(draining, _adoptable(observed, groups)))
+    waits = _stop_waits(draining, _adoptable(observed, groups), policy, now)
+    reasons = (*reasons, *recycle.reasons, *waits)
     reasons = (*reasons, *_room_reasons(observed, grow, desired - current), *observed.notes)
     if desired < current and recovering:
         reasons = (*reasons, "scale-down waits until replaced shards have their sessions back")
@@ -421,18 +422,25 @@ def _shrink(live: list[ShardView], surplus: int, policy: Policy) -> list[Action]
     return actions
 
 
-def _finish_drains(draining: list[ShardView], skip: set[str], adoptable: int) -> list[Action]:
-    # Not while released sessions can be adopted: a drained shard holds requests for the
-    # sessions it released until another shard has them (shard/handoff.py), so stopped now it
-    # would take those requests with it, and the stop would hold up the pass that adopts them.
-    # (With no room anywhere it stops: its slot may be what the released sessions wait for.)
-    if adoptable:
-        return []
+def _finish_drains(
+    draining: list[ShardView], skip: set[str], adoptable: int, policy: Policy, now: float
+) -> list[Action]:
     return [
         Action(ActionKind.STOP, s.id, "drain complete: no sessions left")
         for s in draining
-        if s.sessions == 0 and s.id not in skip
+        if s.sessions == 0 and s.id not in skip and not _awaits(s, adoptable, policy, now)
     ]
+
+
+def _awaits(shard: ShardView, adoptable: int, policy: Policy, now: float) -> bool:
+    """An empty drained shard waits before its stop while sessions it may have released can be
+    adopted: it holds requests for them until another shard has them (shard/handoff.py), so
+    stopped now it would take those requests with it, and the stop would hold up the pass that
+    adopts them. Not with no room anywhere (its slot may be what they wait for), nor past the
+    drain deadline (a released session that is never adopted must not keep it forever)."""
+    since = shard.draining_since
+    overdue = since is not None and now - since > policy.drain_deadline
+    return adoptable > 0 and not overdue
 
 
 def _adoptable(observed: Observed, groups: dict[ShardState, list[ShardView]]) -> int:
@@ -441,12 +449,14 @@ def _adoptable(observed: Observed, groups: dict[ShardState, list[ShardView]]) ->
     return min(observed.orphans, free)
 
 
-def _stop_waits(draining: list[ShardView], adoptable: int) -> tuple[str, ...]:
-    empty = [s.id for s in draining if s.sessions == 0]
-    if not adoptable or not empty:
+def _stop_waits(
+    draining: list[ShardView], adoptable: int, policy: Policy, now: float
+) -> tuple[str, ...]:
+    waiting = [s.id for s in draining if s.sessions == 0 and _awaits(s, adoptable, policy, now)]
+    if not waiting:
         return ()
-    waiting = f"{adoptable} released session(s)"
-    return (f"{', '.join(empty)} drained: stopped once {waiting} are adopted",)
+    released = f"{adoptable} released session(s)"
+    return (f"{', '.join(waiting)} drained: stopped once {released} are adopted",)
 
 
 def _overdue(draining: list[ShardView], policy: Policy, now: float) -> list[str]:
