@@ -59,7 +59,7 @@ class LocalReloader:
         # log. (Given a temporary file, as for `nginx -t`, they went to a deleted file.)
         code, _ = await run_command(argv, self.start_timeout, inherit=True)
         if code != 0:
-            raise ReloadError(f"starting nginx failed (exit {code}); its messages: the log")
+            raise ReloadError(f"starting nginx failed (exit {code}): see its message in this log")
 
 
 def running_pid(pid_path: Path) -> int | None:
