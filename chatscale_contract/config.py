@@ -180,9 +180,9 @@ class Recycle(Frozen):
     """MiB: replace a shard whose memory grew by more than this per session since its browser
     came up ((memory - baseline) / sessions, from its heartbeat). None: never."""
     outdated: bool = False
-    """Replace shards started with other shard settings than the running config, or (Docker)
-    from an older image than shard.image names now: a rolling update (the status page marks
-    them "outdated")."""
+    """Replace shards started with other shard settings than the running config, or (Docker,
+    Swarm) from an older image than shard.image names now: a rolling update (the status page
+    marks them "outdated")."""
     max_at_once: PositiveInt = 1
     """Most shards draining for a recycle at the same time."""
     max_surge: int = Field(default=1, ge=0)

@@ -24,6 +24,10 @@ LABEL_SHARD = "chatscale.shard"
 LABEL_CONFIG = "chatscale.config"
 """Labels on every shard container or service: the project, the shard id, and a hash of the
 shard settings it was started with."""
+LABEL_IMAGE = "chatscale.image"
+"""On a shard service (Swarm): the image shard.image named when the service was made, as the
+manager's engine knew it (a registry digest `name@sha256:...`, else an image id). A container
+records its image itself."""
 
 
 class RuntimeFailure(Exception):

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from autoscaler.engine.cluster import Cluster, Node, shard_reservation
 from autoscaler.runtimes.base import (
     LABEL_CONFIG,
+    LABEL_IMAGE,
     LABEL_PROJECT,
     LABEL_SHARD,
     RuntimeFailure,
@@ -46,6 +47,8 @@ already beats by then, and its heartbeat, not Docker's health check, says when i
 GONE = frozenset({"complete", "shutdown", "failed", "rejected", "orphaned", "remove"})
 SNAPSHOT_TTL = 1.0
 """A cluster read is reused within this many seconds (list_shards, then capacity, in one pass)."""
+IMAGE_TTL = 10.0
+"""How long what shard.image names is taken as known: a new pull or build is seen this late."""
 NOT_A_MANAGER = (
     "this Docker engine is not a swarm manager, so it cannot run shards as services: on the"
     " machine that should manage the cluster run `docker swarm init` (then `docker swarm join` on"
@@ -57,8 +60,12 @@ def service_name(config: Config, shard_id: str) -> str:
     return f"{config.runtime.project}-{shard_id}"
 
 
-def service_spec(config: Config, shard_id: str) -> dict[str, Any]:
-    """Keyword arguments for `APIClient.create_service` of one shard. Purely computational."""
+def service_spec(config: Config, shard_id: str, image: str = "") -> dict[str, Any]:
+    """Keyword arguments for `APIClient.create_service` of one shard. Purely computational.
+
+    `image`: what shard.image names now (`image_ref`). A registry digest pins the service to it,
+    as `docker service create` does, so every node runs that very image; either kind is kept in
+    a label, to tell the service from one made after a new pull or build."""
     name = service_name(config, shard_id)
     shard, swarm = config.shard, config.runtime.swarm
     port = shard.port
@@ -67,10 +74,11 @@ def service_spec(config: Config, shard_id: str) -> dict[str, Any]:
         LABEL_PROJECT: config.runtime.project,
         LABEL_SHARD: shard_id,
         LABEL_CONFIG: config.fingerprint(),
+        **({LABEL_IMAGE: image} if image else {}),
     }
     env = shard_env(config, shard_id, f"{name}:{port}", port)
     container = {
-        "Image": shard.image,
+        "Image": image if "@" in image else shard.image,
         "Env": [f"{k}={v}" for k, v in sorted(env.items())],
         "Labels": labels,
         "Hostname": name,
@@ -115,6 +123,19 @@ def service_spec(config: Config, shard_id: str) -> dict[str, Any]:
     }
 
 
+def image_ref(name: str, image_id: str, repo_digests: Sequence[str]) -> str:
+    """What the image name `name` stands for on an engine that has it as `image_id` with
+    `repo_digests`: the digest it was pulled by from `name`'s repository (`repo@sha256:...`,
+    which any node can pull), else its id (a local build, or images loaded on each node by
+    hand). Purely computational."""
+    last = name.rsplit("/", 1)[-1]
+    repo = name.split("@", 1)[0]
+    if "@" not in name and ":" in last:
+        repo = name[: -len(last)] + last.split(":", 1)[0]
+    pulled = [d for d in repo_digests if d.startswith(f"{repo}@")]
+    return pulled[0] if pulled else image_id
+
+
 def _preference(text: str) -> dict[str, Any]:
     strategy, _, descriptor = text.partition("=")
     return {strategy.strip().capitalize(): {"SpreadDescriptor": descriptor.strip()}}
@@ -148,13 +169,14 @@ def current_task(service_id: str, tasks: Sequence[Mapping[str, Any]]) -> Mapping
     return max(meant, key=lambda t: epoch(t.get("CreatedAt", "")), default=None)
 
 
-def instances(snapshot: Snapshot, config: Config) -> list[ShardInstance]:
-    """Every shard service as the engine sees it. Purely computational."""
+def instances(snapshot: Snapshot, config: Config, image: str = "") -> list[ShardInstance]:
+    """Every shard service as the engine sees it; `image`: what shard.image names now ("":
+    unknown, no service counts as on an older image). Purely computational."""
     hostnames = {n["ID"]: n.get("Description", {}).get("Hostname", "") for n in snapshot.nodes}
     found = []
     for shard_id, service in ours(snapshot, config.runtime.project).items():
         task = current_task(service["ID"], snapshot.tasks)
-        found.append(_instance(shard_id, service, task, hostnames, config))
+        found.append(_instance(shard_id, service, task, hostnames, config, image))
     return by_number(found)
 
 
@@ -164,16 +186,20 @@ def _instance(
     task: Mapping[str, Any] | None,
     hostnames: Mapping[str, str],
     config: Config,
+    image: str,
 ) -> ShardInstance:
     spec = service["Spec"]
     port = config.shard.port
     limits = spec.get("TaskTemplate", {}).get("Resources", {}).get("Limits", {})
+    made_from = spec.get("Labels", {}).get(LABEL_IMAGE, "")
     common = {
         "shard_id": shard_id,
         "addr": f"{spec['Name']}:{port}",
         "config_hash": spec.get("Labels", {}).get(LABEL_CONFIG, ""),
         "memory_limit_bytes": int(limits.get("MemoryBytes") or 0),
         "labels": dict(spec.get("Labels", {})),
+        # A service from before this label, or an image the manager does not know: no verdict.
+        "image_changed": bool(image and made_from and made_from != image),
     }
     if task is None:
         started = epoch(service.get("UpdatedAt") or service.get("CreatedAt", ""))
@@ -260,6 +286,8 @@ class SwarmRuntime:
         self.config = config
         self._client = client
         self._snapshot: Snapshot | None = None
+        self._image: tuple[str, float] | None = None
+        """What shard.image names (image_ref) and when that was read (monotonic)."""
         self.calls = 0
         """Docker API calls made so far (the benchmark reports calls per pass)."""
 
@@ -279,7 +307,8 @@ class SwarmRuntime:
 
     async def list_shards(self) -> list[ShardInstance]:
         snapshot = await asyncio.to_thread(self._read)
-        return instances(snapshot, self.config)
+        image = await asyncio.to_thread(self._image_ref)
+        return instances(snapshot, self.config, image)
 
     async def cluster(self) -> Cluster | None:
         snapshot = self._snapshot
@@ -301,7 +330,8 @@ class SwarmRuntime:
 
     async def inspect(self, shard_id: str) -> ShardInstance | None:
         snapshot = await asyncio.to_thread(self._read)
-        found = [i for i in instances(snapshot, self.config) if i.shard_id == shard_id]
+        image = await asyncio.to_thread(self._image_ref)
+        found = [i for i in instances(snapshot, self.config, image) if i.shard_id == shard_id]
         return found[0] if found else None
 
     # --- synchronous parts, run in threads --------------------------------------------------
@@ -337,6 +367,20 @@ class SwarmRuntime:
         self._snapshot = Snapshot(services, tasks, nodes, time.monotonic())
         return self._snapshot
 
+    def _image_ref(self) -> str:
+        """image_ref of shard.image on the manager's engine, read at most every IMAGE_TTL
+        seconds; "" when the engine has no image by that name (nodes pull it by its name)."""
+        if self._image and time.monotonic() - self._image[1] < IMAGE_TTL:
+            return self._image[0]
+        name = self.config.shard.image
+        try:
+            found = self._api("inspect_image", name)
+            ref = image_ref(name, str(found.get("Id", "")), found.get("RepoDigests") or [])
+        except RuntimeFailure:
+            ref = ""
+        self._image = (ref, time.monotonic())
+        return ref
+
     def _find(self, shard_id: str) -> Mapping[str, Any] | None:
         name = service_name(self.config, shard_id)
         found = self._api("services", filters={"name": name})
@@ -344,14 +388,16 @@ class SwarmRuntime:
 
     def _start(self, shard_id: str) -> ShardInstance:
         service = self._find(shard_id)
+        image = self._image_ref()
         if service is None:
-            spec = service_spec(self.config, shard_id)
-            log.info("creating service %s (%s)", spec["name"], self.config.shard.image)
+            spec = service_spec(self.config, shard_id, image)
+            image_name = spec["task_template"]["ContainerSpec"]["Image"]
+            log.info("creating service %s (%s)", spec["name"], image_name)
             self._api("create_service", **spec)
         elif _replicas(service["Spec"]) == 0:  # left scaled to none by an interrupted stop
             self._scale(service, 1)
         snapshot = self._read()
-        return next(i for i in instances(snapshot, self.config) if i.shard_id == shard_id)
+        return next(i for i in instances(snapshot, self.config, image) if i.shard_id == shard_id)
 
     def _stop(self, shard_id: str, timeout: float) -> None:
         """Scale the service to no task, wait until that task is gone, then remove the service.

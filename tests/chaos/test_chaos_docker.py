@@ -20,10 +20,8 @@ outlive the engine's restart as WhatsApp's servers would.
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ import pytest
 import redis.asyncio as aioredis
 from support.chaos import Chaos, Load, beating_shards, record
 from support.compose import IMAGES, Compose, compose_system
-from support.e2e import e2e_config
+from support.e2e import e2e_config, rebuild_shard_image
 from support.ownengine import BRIDGE, Engine, own_engine
 from support.procs import free_port, http_ok, port_open, start, stop, wait_for
 from support.scenario import API_KEY
@@ -189,7 +187,7 @@ async def _one_round(chaos: Chaos, engine: Engine, redis: aioredis.Redis, site: 
     scans = await _scans(chaos)
 
     async def new_image_rolled_out() -> None:
-        new = await asyncio.to_thread(_rebuild_shard_image, engine)
+        new = await asyncio.to_thread(_rebuild, engine)
         await asyncio.to_thread(_until_rolled_out, engine, new)
 
     outcome = await chaos.fault("a new shard image rolled out", new_image_rolled_out, 400)
@@ -204,13 +202,9 @@ async def _scans(chaos: Chaos) -> int:
     return len((await site_state(chaos.http, chaos.site))["sessions"])
 
 
-def _rebuild_shard_image(engine: Engine) -> str:
-    """A new build of the shard image under the same tag; its id."""
-    dockerfile = f"FROM {SHARD_IMAGE}\nLABEL chatscale.test.rollout={time.time()}\n".encode()
+def _rebuild(engine: Engine) -> str:
     with engine.client() as client:
-        image, _ = client.images.build(fileobj=io.BytesIO(dockerfile), rm=True)
-        image.tag(SHARD_IMAGE)
-        return str(image.id)
+        return rebuild_shard_image(client, SHARD_IMAGE)
 
 
 def _until_rolled_out(engine: Engine, image: str) -> None:

@@ -4,6 +4,7 @@ record of the scenario's phase timings (printed, and kept in test-artifacts/).""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import platform
 import time
@@ -48,6 +49,15 @@ def e2e_config(root: Path) -> dict[str, Any]:
     config["reconcile"] = {"interval": 1, "leader_ttl": 5}
     config["nginx"]["reload"] = {"min_interval": 0.5, "max_delay": 2}
     return config
+
+
+def rebuild_shard_image(client: docker.DockerClient, name: str = "chatscale-shard:latest") -> str:
+    """A new build of the shard image under the same name (one label more: what a build after a
+    change, or a pull of a new release, does); its id. The image it replaces keeps its id."""
+    dockerfile = f"FROM {name}\nLABEL chatscale.test.rollout={time.time()}\n".encode()
+    image, _ = client.images.build(fileobj=io.BytesIO(dockerfile), rm=True)
+    image.tag(name)
+    return str(image.id)
 
 
 def start_site(

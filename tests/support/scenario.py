@@ -64,11 +64,22 @@ class Report:
     watch_errors: int = 0
 
 
+Stage = Callable[["Scenario"], Awaitable[None]]
+
+
 class Scenario:
-    def __init__(self, system: System, http: aiohttp.ClientSession, started: float):
+    def __init__(
+        self,
+        system: System,
+        http: aiohttp.ClientSession,
+        started: float,
+        after_failover: Stage | None = None,
+    ):
+        """`after_failover`: one more stage, run while every session is logged in (a rollout)."""
         self.s = system
         self.http = http
         self.started = started
+        self.after_failover = after_failover
         self.redis = aioredis.Redis.from_url(system.redis_url, decode_responses=True)
         self.report = Report()
 
@@ -154,6 +165,8 @@ class Scenario:
             await self.create_all()
             await self.log_in_all()
             await self.failover()
+            if self.after_failover is not None:
+                await self.after_failover(self)
             await self.scale_in()
         finally:
             watcher.cancel()

@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from autoscaler.runtimes.base import epoch
-from autoscaler.runtimes.swarm import Snapshot, cluster, current_task, instances, service_spec
+from autoscaler.runtimes.swarm import (
+    Snapshot,
+    cluster,
+    current_task,
+    image_ref,
+    instances,
+    service_spec,
+)
 from chatscale_contract.config import Config
 from chatscale_contract.configload import ConfigError, parse_config
 
@@ -241,3 +248,49 @@ def test_boot_time_counts_from_when_the_container_started() -> None:
 )
 def test_docker_timestamps(stamp: str, expected: float) -> None:
     assert epoch(stamp) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("name", "digests", "expected"),
+    [
+        # Pulled from a registry: the digest it was pulled by, which every node can pull.
+        (
+            "reg:5000/team/shard:1.2",
+            ["reg:5000/team/shard@sha256:aa"],
+            "reg:5000/team/shard@sha256:aa",
+        ),
+        ("reg:5000/shard", ["reg:5000/shard@sha256:bb"], "reg:5000/shard@sha256:bb"),
+        ("shard@sha256:cc", ["shard@sha256:cc"], "shard@sha256:cc"),
+        # Built here, or pulled under another repository's name: the image id.
+        ("chatscale-shard:latest", [], "sha256:id"),
+        ("reg:5000/shard:1", ["mirror/shard@sha256:dd"], "sha256:id"),
+    ],
+)
+def test_what_an_image_name_stands_for(name: str, digests: list[str], expected: str) -> None:
+    assert image_ref(name, "sha256:id", digests) == expected
+
+
+def test_a_registry_digest_pins_the_service_and_either_kind_is_labelled() -> None:
+    pinned = service_spec(CONFIG, "shard-1", "reg/shard@sha256:aa")
+    assert pinned["task_template"]["ContainerSpec"]["Image"] == "reg/shard@sha256:aa"
+    assert pinned["labels"]["chatscale.image"] == "reg/shard@sha256:aa"
+    local = service_spec(CONFIG, "shard-1", "sha256:id")
+    assert local["task_template"]["ContainerSpec"]["Image"] == CONFIG.shard.image
+    assert local["labels"]["chatscale.image"] == "sha256:id"
+    unknown = service_spec(CONFIG, "shard-1")
+    assert "chatscale.image" not in unknown["labels"]
+
+
+def test_a_service_made_from_another_image_than_the_name_stands_for_now_is_outdated() -> None:
+    old, new, unlabelled = (
+        service("s1", "shard-1"),
+        service("s2", "shard-2"),
+        service("s3", "shard-3"),
+    )
+    old["Spec"]["Labels"]["chatscale.image"] = "sha256:old"
+    new["Spec"]["Labels"]["chatscale.image"] = "sha256:new"
+    snapshot = Snapshot([old, new, unlabelled], [], [node("n1")], taken_at=0)
+    found = {i.shard_id: i.image_changed for i in instances(snapshot, CONFIG, "sha256:new")}
+    assert found == {"shard-1": True, "shard-2": False, "shard-3": False}
+    unknown = {i.shard_id: i.image_changed for i in instances(snapshot, CONFIG, "")}
+    assert not any(unknown.values()), "an image the manager does not know gives no verdict"
