@@ -1,6 +1,7 @@
 """Soak benchmark (not CI): sessions under steady traffic for a while, sampled.
 
 Run:  .venv/bin/python bench/bench_soak.py [--sessions 30] [--minutes 60] [--page trivial|heavy]
+                                           [--max-age SECONDS]
 Needs the images (scripts/build-images --with-services). Brings up the shipped
 docker-compose.yml the way bench/bench_stress.py does (bench/stand.py), creates and logs in
 --sessions sessions through the front, then for --minutes:
@@ -12,7 +13,8 @@ docker-compose.yml the way bench/bench_stress.py does (bench/stand.py), creates 
 - every --interval seconds a sample: per shard its memory and CPU (`docker stats`), its
   heartbeat's memory, sessions and age (now - the heartbeat's ts), memory per session; for the
   fleet, messages sent/accepted/failed, received, recycle events (the autoscaler's event stream)
-  and shard restarts (a heartbeat's boot changed).
+  and shard restarts (a heartbeat's boot changed). With --max-age, policy.recycle.max_age
+  replaces each shard (surge first, its sessions moved from their snapshots) that often.
 
 Writes test-artifacts/bench-soak-<page>.csv, docs/bench-soak-<page>.png and prints markdown.
 Tears everything down on the way out, also on errors and Ctrl-C.
@@ -297,7 +299,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 async def main_async(args: argparse.Namespace) -> int:
     project = f"csbench-soak-{args.page}"
-    stand = Stand(StandConfig(project, args.max_sessions, args.max_shards, args.page == "heavy"))
+    recycle = {"max_age": args.max_age} if args.max_age else None
+    heavy = args.page == "heavy"
+    stand = Stand(StandConfig(project, args.max_sessions, args.max_shards, heavy, recycle))
     result = header(
         stand,
         command=args.command,
@@ -305,6 +309,7 @@ async def main_async(args: argparse.Namespace) -> int:
         minutes=args.minutes,
         page=args.page,
         max_sessions=args.max_sessions,
+        recycle=recycle,
     )
     print(json.dumps(result), flush=True)
     loop = asyncio.get_running_loop()
@@ -342,6 +347,11 @@ def main() -> int:
     parser.add_argument("--max-sessions", type=int, default=50, help="per shard")
     parser.add_argument("--max-shards", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=900, help="seconds for the setup")
+    parser.add_argument(
+        "--max-age",
+        type=float,
+        help="seconds: policy.recycle.max_age, shards recycled during the run (off if unset)",
+    )
     args = parser.parse_args()
     args.command = " ".join(["bench/bench_soak.py", *sys.argv[1:]])
     return asyncio.run(main_async(args))

@@ -80,6 +80,8 @@ class StandConfig:
     max_sessions: int = 50
     max_shards: int = 3
     heavy: bool = False
+    recycle: dict[str, float] | None = None
+    """policy.recycle (e.g. {"max_age": 1200}); None: off, as shipped."""
 
 
 class Stand:
@@ -116,6 +118,8 @@ class Stand:
             # No scale-in during a run: a drain would move sessions and blur the figures.
             scale_down={"stabilization": 3600, "max_step": 1},
         )
+        if cfg.recycle:
+            config["policy"]["recycle"] = cfg.recycle
         extra = {
             "services": {"autoscaler": {"container_name": f"{cfg.project}-autoscaler"}},
             "networks": {"chatscale": {"name": self.network}},
