@@ -45,6 +45,9 @@ class Call:
     kind: str
     status: int
     """The HTTP status; 0 when no answer came (refused, reset, timed out)."""
+    why: str = ""
+    """For a failed call: the answer's body (cut short) and the shard that gave it, or the
+    client's error, so a failure in a test's output says what happened."""
 
     @property
     def ok(self) -> bool:
@@ -95,15 +98,24 @@ class Load:
         failed = [c for c in self.since(since) if c.at <= until and not c.ok]
         return dict(collections.Counter(f"{c.kind} {c.status or 'no answer'}" for c in failed))
 
+    def why(self, since: float, until: float, most: int = 5) -> list[str]:
+        """What the first `most` failed calls in [since, until] were answered."""
+        failed = [c for c in self.since(since) if c.at <= until and not c.ok]
+        return [f"{c.kind} {c.status or 'no answer'}: {c.why}" for c in failed[:most]]
+
     async def call(self, method: str, path: str, kind: str, body: Any = None) -> int:
-        status = 0
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        status, why = 0, ""
+        try:
             async with self.http.request(
                 method, self.front + path, json=body, headers=HEADERS
             ) as resp:
-                await resp.read()
+                text = (await resp.read()).decode(errors="replace")
                 status = resp.status
-        self.calls.append(Call(time.monotonic(), kind, status))
+                if not 200 <= status < 300:
+                    why = f"{text[:200]} (from {resp.headers.get('X-Shard-Id', 'no shard')})"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        self.calls.append(Call(time.monotonic(), kind, status, why))
         return status
 
     async def _sender(self, sid: str) -> None:
@@ -323,6 +335,7 @@ class Chaos:
         recovered = round(max(serving, self.load.last_failure(began)) - began, 1)
         sent = len(self.load.accepted) - accepted
         outcome = Outcome(name, recovered, failures, len(self.load.since(began)), sent, problems)
+        outcome.notes += self.load.why(began, time.monotonic())
         self.outcomes.append(outcome)
         print(f"chaos: {outcome}")
         return outcome
