@@ -21,6 +21,11 @@ class ShardMetrics:
         self.restored = Counter(
             "chatscale_shard_sessions_restored", "Sessions opened from a snapshot", registry=r
         )
+        self.open_retries = Counter(
+            "chatscale_shard_session_open_retries",
+            "Opens of a session tried again after a failure (sessions.OPEN_RETRY_DELAYS)",
+            registry=r,
+        )
         self.page_memory_reopens = Counter(
             "chatscale_shard_page_memory_reopens",
             "Sessions reopened from their snapshot because their page passed PAGE_MEMORY_LIMIT_MB",

@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from playwright.async_api import BrowserContext, Page
+from playwright.async_api import Error as PlaywrightError
 from redis.exceptions import RedisError
 
 from shard.browser import BrowserHost
@@ -40,6 +41,11 @@ MESSAGE_RETRIES = 8
 PROBE_FAILURES = 30
 """Consecutive failed page probes (one per WATCH_INTERVAL) after which the session FAILS: a
 navigation takes a few, an invalid selector fails every one."""
+OPEN_RETRY_DELAYS = (2.0, 10.0, 30.0)
+"""Seconds before each new try to open a session whose open failed (a page that did not load
+within the navigation timeout on a busy machine, the site unreachable for a moment): without
+them a failover's restore on a loaded machine ended FAILED and nobody tried again. The session
+stays STARTING, its `error` saying why, and is FAILED after the last."""
 RESTORED_SNAPSHOT_DELAY = (30.0, 60.0)
 """Seconds (spread at random) after which a session opened from its snapshot is snapshotted
 again, when SNAPSHOT_INTERVAL is not shorter."""
@@ -243,14 +249,35 @@ class SessionManager:
     async def _run(self, session: LiveSession) -> None:
         """Open the session's browser context, then watch its page until it closes."""
         try:
-            async with self._opening:
-                await self._open(session)
-            await self._watch(session)
+            if await self._open_retrying(session):
+                await self._watch(session)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("session %s failed: %s", session.id, exc)
             await self._set_status(session, Status.FAILED, str(exc))
+
+    async def _open_retrying(self, session: LiveSession) -> bool:
+        """Open the session, again after OPEN_RETRY_DELAYS if it fails; False if it was lost
+        meanwhile. The last failure is raised."""
+        for attempt, delay in enumerate(OPEN_RETRY_DELAYS, start=1):
+            try:
+                async with self._opening:
+                    await self._open(session)
+                return True
+            except (DriverError, PlaywrightError, RedisError) as exc:
+                why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                log.warning("session %s: open failed (try %d): %s", session.id, attempt, why)
+                await self._discard_context(session)
+                self.metrics.open_retries.inc()
+                error = f"open failed ({why}); trying again in {delay:g} s"
+                with contextlib.suppress(RedisError):  # only telling; the retry matters
+                    if not await self._set_status(session, Status.STARTING, error):
+                        return False
+                await asyncio.sleep(delay)
+        async with self._opening:
+            await self._open(session)
+        return True
 
     async def _open(self, session: LiveSession) -> None:
         state = await self._load_snapshot(session.id)
@@ -513,6 +540,10 @@ class SessionManager:
             watcher.cancel()
             with contextlib.suppress(BaseException):
                 await watcher
+        await self._discard_context(session)
+
+    @staticmethod
+    async def _discard_context(session: LiveSession) -> None:
         context, session.context, session.page = session.context, None, None
         if context is not None:
             with contextlib.suppress(Exception):

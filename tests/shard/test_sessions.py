@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from urllib.parse import urlsplit
+
 import aiohttp
 import pytest
 from support.procs import wait_for
+from support.proxy import TcpProxy
 from support.shards import Api, ShardFleet, scan, site_state
 
 from chatscale_contract import proctree
@@ -98,3 +103,28 @@ async def test_another_shard_restores_after_release(
     view = await api_two.wait_status("carol", "WORKING")
     assert view["shard"] == "shard-2"
     assert len((await site_state(http, site_url))["sessions"]) == scans, "no new scan"
+
+
+async def test_an_open_that_fails_is_tried_again(
+    fleet: ShardFleet, http: aiohttp.ClientSession, site_url: str
+) -> None:
+    """The site unreachable when a session opens (every connection dropped at once): the session
+    stays STARTING, its error saying a retry comes, and opens once the site answers again."""
+    site = urlsplit(site_url)
+    async with TcpProxy(site.hostname or "127.0.0.1", site.port or 80) as proxy:
+        proxy.cut()
+        shard = fleet.start("shard-1", WHATSAPP_URL=proxy.url("http", ""))
+        api = Api(http, shard.url)
+        code, body, _ = await api.call("PUT", "/api/sessions/retry", {})
+        assert code == 201, body
+
+        deadline = time.monotonic() + 30
+        view: dict[str, str] = {}
+        while "trying again" not in (view.get("error") or "") and time.monotonic() < deadline:
+            await asyncio.sleep(0.25)
+            view = (await api.call("GET", "/api/sessions/retry"))[1]
+            assert view["status"] == "STARTING", view
+        assert "trying again" in (view.get("error") or ""), view
+        proxy.restore()
+        view = await api.wait_status("retry", "SCAN_QR_CODE")
+        assert not view["error"], view
