@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from autoscaler.activator.hold import Activator
+from autoscaler.engine.fleet import ShardInstance
 from autoscaler.engine.model import ShardState
 from autoscaler.loop.daemon import Daemon, Decision
 from autoscaler.web.appkeys import ACTIVATOR, DAEMON, DELIVERER
@@ -116,6 +117,7 @@ def status(daemon: Daemon, activator: Activator | None = None) -> dict[str, Any]
             "idle_to_zero": config.policy.idle_to_zero,
         },
         "shards": shards,
+        "rollout": _rollout(daemon, shards),
         "nodes": _nodes(daemon),
         "decisions": [_decision(d) for d in list(state.decisions)[:20]],
         "history": [asdict(sample) for sample in state.samples],
@@ -203,11 +205,36 @@ def _shards(daemon: Daemon) -> list[dict[str, Any]]:
                 "addr": beat.addr if beat else (instance.addr if instance else None),
                 "runtime": instance.detail if instance else "missing",
                 "node": (instance.node or None) if instance else None,
-                # Started with other shard settings than the running config (until replaced).
+                # Started with other shard settings than the running config, or from an
+                # older image (until replaced); `outdated_by` says which.
                 "outdated": bool(instance and instance.outdated(daemon.config.fingerprint())),
+                "outdated_by": _outdated_by(instance, daemon.config.fingerprint()),
             }
         )
     return rows
+
+
+def _outdated_by(instance: ShardInstance | None, fingerprint: str) -> str | None:
+    if instance is None or not instance.outdated(fingerprint):
+        return None
+    settings = bool(instance.config_hash and fingerprint and instance.config_hash != fingerprint)
+    return " and ".join(
+        [*(["shard settings"] if settings else []), *(["image"] if instance.image_changed else [])]
+    )
+
+
+def _rollout(daemon: Daemon, shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """How far replacing the outdated shards has come, and what holds it (the last decision's
+    reasons about recycling: "rollout held: ...", "recycle of shard-3 waits: ...")."""
+    recycle = daemon.config.policy.recycle
+    latest = daemon.state.decisions[0].plan.reasons if daemon.state.decisions else ()
+    return {
+        "enabled": recycle.outdated,
+        "paused": recycle.paused,
+        "outdated": sum(1 for s in shards if s["outdated"]),
+        "current": sum(1 for s in shards if not s["outdated"]),
+        "waiting": [r for r in latest if r.startswith(("rollout held", "recycle of"))],
+    }
 
 
 def _decision(decision: Decision) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -256,3 +257,28 @@ async def _charts_seen(url: str, samples: int, artifacts_dir: Path) -> None:
         assert fetched == [url + "/"], f"the page fetched more than itself: {fetched}"
         await page.screenshot(path=str(artifacts_dir / "status-page-hour.png"), full_page=True)
         await browser.close()
+
+
+async def test_a_rolling_update_shows_how_far_it_came(loop: Loop) -> None:
+    """Two shards, one from an older image: the page says 1 of 2 current, why that one is
+    outdated, and that the rollout is paused; the JSON says the same."""
+    recycle = {"outdated": True, "paused": True}
+    daemon = await loop.daemon(make_config(loop.redis_url, min_shards=2, recycle=recycle))
+    await loop.converge(daemon, lambda: loop.beating(2), "2 beating shards")
+    old = loop.runtime.shards["shard-1"]
+    old.instance = dataclasses.replace(old.instance, image_changed=True)
+    await loop.step(daemon)
+    async for url in serve(daemon):
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/api/status") as resp:
+                status = await resp.json()
+            async with http.get(url) as resp:
+                page = await resp.text()
+    assert {s["id"]: s["outdated_by"] for s in status["shards"]} == {
+        "shard-1": "image",
+        "shard-2": None,
+    }
+    rollout = status["rollout"]
+    assert (rollout["current"], rollout["outdated"], rollout["paused"]) == (1, 1, True)
+    assert "1 of 2 shards current, 1 to replace" in page and "paused" in page
+    assert "outdated: older image" in page
