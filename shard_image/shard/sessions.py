@@ -142,7 +142,8 @@ class LiveSession:
     me: str = ""
     """The logged-in account's phone number, once WORKING (when the driver can tell)."""
     restored: bool = False
-    """Opened from a snapshot: it was logged in, so STARTING means "back in a moment"."""
+    """Being opened from a snapshot (or, until its snapshot is read, moved here or reopened):
+    it was logged in, so STARTING means "back in a moment" and requests for it are held."""
 
 
 class SessionManager:
@@ -210,6 +211,9 @@ class SessionManager:
             if spec is None:
                 spec = SessionSpec.from_record(await self.registry.record(sid))
             session = LiveSession(sid, token, spec, self.build(spec))
+            # Moved here or back after a restart: "back in a moment" from now on, also while it
+            # waits its turn to open (RESTORE_CONCURRENCY); `_open` says if a snapshot exists.
+            session.restored = adopt or reclaim
             self.sessions[sid] = session
         fields = {**spec.fields(), "status": Status.STARTING, "desired": "running", "error": ""}
         await self.registry.update(sid, token, fields)
@@ -401,6 +405,7 @@ class SessionManager:
             if self.sessions.get(sid) is not session:
                 return  # stopped, handed off or lost while we waited: nothing to reopen
             await self._close(session)
+            session.restored = session.restored or session.status == Status.WORKING
             session.status = Status.STARTING
             session.watcher = asyncio.create_task(self._run(session), name=f"session {sid}")
 

@@ -193,6 +193,25 @@ async def test_sends_during_a_drain_are_held_not_refused(
     await apis[1].wait_status("h1", "WORKING", shard="shard-2")
 
 
+async def test_sends_for_sessions_waiting_their_turn_to_reopen_are_held(
+    fleet: ShardFleet, http: aiohttp.ClientSession, site_url: str
+) -> None:
+    """A shard back after a SIGKILL reopens its sessions one at a time here
+    (RESTORE_CONCURRENCY 1): a send for a session still waiting its turn is held until the
+    session is back, not refused with 409 because it is STARTING."""
+    first = fleet.start("shard-1")
+    for sid in ("q1", "q2", "q3"):
+        await working(Api(http, first.url), http, site_url, sid)
+    first.sigkill()
+    again = fleet.start("shard-1", RESTORE_CONCURRENCY="1")
+    api = Api(http, again.url)
+    body = {"to": "4915100000078", "text": "while it reopens"}
+    answers = await asyncio.gather(
+        *(api.call("POST", f"/api/sessions/{sid}/messages", body) for sid in ("q3", "q2", "q1"))
+    )
+    assert [(code, reply) for code, reply, _ in answers if code != 201] == []
+
+
 async def test_sigterm_releases_sessions_for_others(
     fleet: ShardFleet, http: aiohttp.ClientSession, redis_url: str
 ) -> None:
