@@ -436,11 +436,14 @@ def _awaits(shard: ShardView, adoptable: int, policy: Policy, now: float) -> boo
     """An empty drained shard waits before its stop while sessions it may have released can be
     adopted: it holds requests for them until another shard has them (shard/handoff.py), so
     stopped now it would take those requests with it, and the stop would hold up the pass that
-    adopts them. Not with no room anywhere (its slot may be what they wait for), nor past the
-    drain deadline (a released session that is never adopted must not keep it forever)."""
+    adopts them; not with no room anywhere (its slot may be what they wait for). It also waits
+    while the fronts still route to it (it forwards what it gets to the sessions' new owners;
+    stopped, it would refuse those requests until the fronts reload). Never past the drain
+    deadline (a released session that is never adopted, a front that never confirms, must not
+    keep it forever)."""
     since = shard.draining_since
     overdue = since is not None and now - since > policy.drain_deadline
-    return adoptable > 0 and not overdue
+    return (adoptable > 0 or shard.routed) and not overdue
 
 
 def _adoptable(observed: Observed, groups: dict[ShardState, list[ShardView]]) -> int:
@@ -452,11 +455,14 @@ def _adoptable(observed: Observed, groups: dict[ShardState, list[ShardView]]) ->
 def _stop_waits(
     draining: list[ShardView], adoptable: int, policy: Policy, now: float
 ) -> tuple[str, ...]:
-    waiting = [s.id for s in draining if s.sessions == 0 and _awaits(s, adoptable, policy, now)]
-    if not waiting:
-        return ()
-    released = f"{adoptable} released session(s)"
-    return (f"{', '.join(waiting)} drained: stopped once {released} are adopted",)
+    reasons = []
+    for shard in draining:
+        if shard.sessions or not _awaits(shard, adoptable, policy, now):
+            continue
+        until = [f"{adoptable} released session(s) are adopted"] if adoptable else []
+        until += ["the fronts no longer route to it"] if shard.routed else []
+        reasons.append(f"{shard.id} drained: stopped once {' and '.join(until)}")
+    return tuple(reasons)
 
 
 def _overdue(draining: list[ShardView], policy: Policy, now: float) -> list[str]:

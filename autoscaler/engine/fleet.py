@@ -136,8 +136,11 @@ def classify(
     return ShardState.DEAD
 
 
-def to_observed(fleet: Fleet, limits: FleetLimits) -> Observed:
-    """The engine's input from one observation."""
+def to_observed(
+    fleet: Fleet, limits: FleetLimits, routed: frozenset[str] = frozenset()
+) -> Observed:
+    """The engine's input from one observation; `routed`: the shards the fronts still route
+    sessions to (`RouteTable.routed` of the config they all serve)."""
     max_sessions, memory = limits.max_sessions, limits.memory_limit_bytes
     if fleet.error:
         return Observed((), max_sessions, memory, fresh=False, stale_reason=fleet.error)
@@ -149,7 +152,7 @@ def to_observed(fleet: Fleet, limits: FleetLimits) -> Observed:
         if state is not None:
             view = _view(shard_id, state, beat, owned, fleet.now)
             outdated = instance is not None and instance.outdated(limits.fingerprint)
-            views.append(replace(view, outdated=outdated))
+            views.append(replace(view, outdated=outdated, routed=shard_id in routed))
     space = room(fleet.cluster) if fleet.cluster is not None else None
     return Observed(
         tuple(views),

@@ -40,6 +40,10 @@ class ShardView:
     """Started with other shard settings than the running config."""
     baseline_bytes: int = 0
     """Memory the shard reported once its browser was up, before any session; 0 when unknown."""
+    routed: bool = False
+    """The fronts still send sessions' requests to it: in the ring, or an exception's target,
+    of the config every live front was last confirmed to serve. Stopped now, it would fail
+    them (connection refused) until the fronts reload."""
 
     @property
     def growth_bytes(self) -> int | None:

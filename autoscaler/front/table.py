@@ -65,6 +65,13 @@ class RouteTable:
         return digest.hexdigest()[:16]
 
     @cached_property
+    def routed(self) -> frozenset[str]:
+        """Shards that sessions' requests reach: the ring's and the exceptions' targets."""
+        return frozenset(s.id for s in self.shards if s.in_ring) | frozenset(
+            self.exceptions.values()
+        )
+
+    @cached_property
     def map_entries(self) -> str:
         """The exceptions as lines of nginx's routing map, sorted by session id.
 

@@ -189,7 +189,8 @@ class Daemon:
         self._maybe_reload()
         leader = await self._lead()
         fleet = await self.observer.observe()
-        observed = to_observed(fleet, self.limits)
+        applied = self.front.applied
+        observed = to_observed(fleet, self.limits, applied.routed if applied else frozenset())
         now = fleet.now
         policy = self.config.policy
         plan = decide(observed, policy, self.state.history, now)

@@ -188,21 +188,25 @@ def test_cancel_wins_over_finishing_an_empty_drain() -> None:
 
 
 @pytest.mark.parametrize(
-    ("orphans", "others", "drained_for", "stops"),
+    ("orphans", "others", "drained_for", "routed", "stops"),
     [
-        (0, 10, 60, True),  # nothing released: the drain is complete
-        (2, 10, 60, False),  # released sessions a ready shard can take: adopted first
-        (2, 50, 60, True),  # no room anywhere: its slot may be what they wait for
-        (2, 10, 1000, True),  # past the drain deadline (600 s): never adopted, it still stops
+        (0, 10, 60, False, True),  # nothing released, nothing routed to it: complete
+        (2, 10, 60, False, False),  # released sessions a ready shard can take: adopted first
+        (2, 50, 60, False, True),  # no room anywhere: its slot may be what they wait for
+        (2, 10, 1000, False, True),  # past the drain deadline (600 s): it still stops
+        (0, 10, 60, True, False),  # the fronts still route to it: they reload first
+        (0, 10, 1000, True, True),  # ... but not past the drain deadline
     ],
 )
-def test_an_empty_drained_shard_stops_once_what_it_released_is_adopted(
-    orphans: int, others: int, drained_for: float, stops: bool
+def test_an_empty_drained_shard_stops_once_what_it_released_is_adopted_and_unrouted(
+    orphans: int, others: int, drained_for: float, routed: bool, stops: bool
 ) -> None:
     """The drained shard holds requests for the sessions it released until another shard has
-    them: stopped first, it would take those requests with it."""
+    them, and forwards what the fronts still send it: stopped first, it would fail those."""
     # (drained for a rolling update: a drain for scale-down would be cancelled by full shards)
-    drained = ShardView("shard-2", DRAINING, 0, outdated=True, draining_since=NOW - drained_for)
+    drained = ShardView(
+        "shard-2", DRAINING, 0, outdated=True, draining_since=NOW - drained_for, routed=routed
+    )
     observed = replace(fleet(ready(1, others), drained, ready(3, others)), orphans=orphans)
     plan = decide(observed, policy(max_shards=3, recycle={"outdated": True}), OLD, NOW)
     assert (("stop", "shard-2") in kinds(plan.actions)) is stops, plan

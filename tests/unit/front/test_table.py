@@ -101,3 +101,15 @@ def test_shards_stopped_in_a_pass_leave_the_table_it_publishes() -> None:
         "shard-3",
     ]
     assert without_stopped(fleet, events[1:]) is fleet
+
+
+def test_routed_shards_are_the_ring_and_the_exceptions_targets() -> None:
+    """A drained shard leaves the ring; until its last exception is gone the fronts still send
+    it requests (the engine does not stop it before)."""
+    shards = (
+        RouteShard("shard-1", "a:8000"),
+        RouteShard("shard-2", "b:8000", in_ring=False, accepting=False),
+        RouteShard("shard-3", "c:8000", in_ring=False, accepting=False),
+    )
+    assert RouteTable(shards, {"x": "shard-2"}).routed == {"shard-1", "shard-2"}
+    assert RouteTable(shards).routed == {"shard-1"}
