@@ -51,10 +51,14 @@ def e2e_config(root: Path) -> dict[str, Any]:
     return config
 
 
-def rebuild_shard_image(client: docker.DockerClient, name: str = "chatscale-shard:latest") -> str:
+def rebuild_shard_image(
+    client: docker.DockerClient, name: str = "chatscale-shard:latest", instructions: str = ""
+) -> str:
     """A new build of the shard image under the same name (one label more: what a build after a
-    change, or a pull of a new release, does); its id. The image it replaces keeps its id."""
-    dockerfile = f"FROM {name}\nLABEL chatscale.test.rollout={time.time()}\n".encode()
+    change, or a pull of a new release, does; `instructions` may break it); its id. The image
+    it replaces keeps its id."""
+    text = f"FROM {name}\nLABEL chatscale.test.rollout={time.time()}\n{instructions}\n"
+    dockerfile = text.encode()
     image, _ = client.images.build(fileobj=io.BytesIO(dockerfile), rm=True)
     image.tag(name)
     return str(image.id)

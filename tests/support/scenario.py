@@ -74,12 +74,15 @@ class Scenario:
         http: aiohttp.ClientSession,
         started: float,
         after_failover: Stage | None = None,
+        at_end: Stage | None = None,
     ):
-        """`after_failover`: one more stage, run while every session is logged in (a rollout)."""
+        """`after_failover`: one more stage, run while every session is logged in (a rollout);
+        `at_end`: one more once the fleet is back to min_shards."""
         self.s = system
         self.http = http
         self.started = started
         self.after_failover = after_failover
+        self.at_end = at_end
         self.redis = aioredis.Redis.from_url(system.redis_url, decode_responses=True)
         self.report = Report()
 
@@ -168,6 +171,8 @@ class Scenario:
             if self.after_failover is not None:
                 await self.after_failover(self)
             await self.scale_in()
+            if self.at_end is not None:
+                await self.at_end(self)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -4,8 +4,9 @@ scenario as the compose test: scale out through new services, a shard's task kil
 sessions WORKING again under the same id without a rescan, then a rolling update (a new shard
 image under the same tag, `policy.recycle.outdated`: every shard service replaced by one made
 from it, every session moved from its snapshot, no rescan, and a client reading every session
-through the front all along sees no failed request), scale in, nothing misrouted; and `docker
-stack rm` leaves nothing behind. The swarm is left again afterwards, also on failure, and the
+through the front all along sees no failed request), scale in, nothing misrouted; a broken image
+under the tag then holds the rollout with the old shard serving; and `docker stack rm` leaves
+nothing behind. The swarm is left again afterwards, also on failure, and the
 shard image's tag put back.
 
 A three-node cluster (dockerd per network namespace) is scripts/swarm-cluster-test.
@@ -50,11 +51,11 @@ def stack(tmp_path: Path) -> Iterator[tuple[Stack, docker.DockerClient]]:
             with contextlib.suppress(docker.errors.DockerException):
                 client.containers.get(SITE).remove(force=True)
             deployed.remove(client)
-            rebuilt = str(client.images.get(SHARD_IMAGE).id)
-            if rebuilt != original:
-                client.images.get(original).tag(SHARD_IMAGE)
-                with contextlib.suppress(docker.errors.DockerException):
-                    client.images.remove(rebuilt, force=True)
+            client.images.get(original).tag(SHARD_IMAGE)
+            for image in client.images.list(filters={"label": "chatscale.test.rollout"}):
+                if image.id != original:
+                    with contextlib.suppress(docker.errors.DockerException):
+                        client.images.remove(str(image.id), force=True)
 
 
 async def test_stack_end_to_end(
@@ -75,9 +76,13 @@ async def test_stack_end_to_end(
     async def rollout(scenario: Scenario) -> None:
         await rolled_out_without_failures(scenario, client)
 
+    async def broken(scenario: Scenario) -> None:
+        await broken_image_holds_the_rollout(scenario, client)
+
     system = System(deployed.front, deployed.status, deployed.redis, site, kill)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
-        report = await Scenario(system, http, started, after_failover=rollout).run()
+        scenario = Scenario(system, http, started, after_failover=rollout, at_end=broken)
+        report = await scenario.run()
     record_timings(artifacts_dir, "swarm-stack", report)
     assert report.max_seen <= MAX_SESSIONS, "a shard held more than max_sessions"
     assert report.peak_shards >= 3
@@ -118,6 +123,34 @@ async def rolled_out_without_failures(scenario: Scenario, client: docker.DockerC
     assert len((await scenario.site_state())["sessions"]) == scans, "a rescan during the rollout"
     drains = [e for e in (await scenario.status())["events"] if e["kind"] == "drain"]
     assert any("older image" in e["reason"] for e in drains), drains
+
+
+async def broken_image_holds_the_rollout(scenario: Scenario, client: docker.DockerClient) -> None:
+    """A build whose shard exits at once under the tag: the extra shard (Swarm restarts its task
+    again and again) never comes up, so the rollout is held and the old shard keeps serving."""
+    before = {s.id for s in await asyncio.to_thread(_shard_services, client)}
+    assert before, "no shard service left to hold"
+    built_at = time.time()  # the autoscaler's events carry wall-clock times
+    await asyncio.to_thread(
+        rebuild_shard_image, client, SHARD_IMAGE, 'ENTRYPOINT ["sh", "-c", "exit 3"]'
+    )
+    held_since = 0.0
+    deadline = time.monotonic() + 120
+    while not held_since or time.monotonic() < held_since + 15:
+        assert time.monotonic() < deadline, "the rollout was never held"
+        status = await scenario.status()
+        waiting = status["rollout"]["waiting"]
+        if not held_since and any(w.startswith("rollout held") for w in waiting):
+            held_since = time.monotonic()
+        now = {s.id for s in await asyncio.to_thread(_shard_services, client)}
+        assert before <= now, "an old shard service was removed"
+        ready = {s["id"] for s in status["shards"] if s["state"] == "ready"}
+        assert len(ready) >= len(before), status["shards"]
+        code, listing, _ = await scenario.call("GET", "/api/sessions")
+        assert code == 200, listing
+        await asyncio.sleep(1)
+    drains = [e for e in (await scenario.status())["events"] if e["kind"] == "drain"]
+    assert not [e for e in drains if e["ts"] >= built_at], "an old shard was drained"
 
 
 def _shard_services(client: docker.DockerClient) -> list[Any]:
