@@ -27,6 +27,7 @@ import asyncio
 import csv
 import itertools
 import json
+import math
 import random
 import signal
 import sys
@@ -247,6 +248,9 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     first = [r for r in shards if r["t_s"] == first_t]
     last = [r for r in shards if r["t_s"] == last_t]
 
+    # A shard stopped between `docker stats` and the heartbeat read has no CPU figure (NaN).
+    cpu = [r["cpu_percent"] for r in shards if not math.isnan(r["cpu_percent"])]
+
     def per(rs: list[dict[str, Any]]) -> float:
         return float(sum(r["docker_mib"] for r in rs) / max(sum(r["sessions"] for r in rs), 1))
 
@@ -257,8 +261,8 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         "shard_mib_first": round(sum(r["docker_mib"] for r in first), 1),
         "shard_mib_last": round(sum(r["docker_mib"] for r in last), 1),
         "shard_mib_max": round(max(r["docker_mib"] for r in shards), 1),
-        "cpu_percent_mean": round(sum(r["cpu_percent"] for r in shards) / len(shards), 1),
-        "cpu_percent_max": round(max(r["cpu_percent"] for r in shards), 1),
+        "cpu_percent_mean": round(sum(cpu) / max(len(cpu), 1), 1),
+        "cpu_percent_max": round(max(cpu, default=math.nan), 1),
         "heartbeat_age_p50": round(percentile([r["heartbeat_age_s"] for r in shards], 0.5), 2),
         "heartbeat_age_max": round(max(r["heartbeat_age_s"] for r in shards), 2),
         "end": fleet[-1],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +63,16 @@ def soak_plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     receipts (cumulative) and recycles as a fifth."""
     fig, axes = plt.subplots(5, 1, figsize=(10, 13), sharex=True)
     shards = sorted({r["shard"] for r in rows if r["shard"] != "-"})
+    times = sorted({r["t_s"] for r in rows})
     for shard in shards:
-        mine = [r for r in rows if r["shard"] == shard]
-        x = [r["t_s"] / 60 for r in mine]
-        axes[0].plot(x, [r["docker_mib"] for r in mine], label=shard)
-        axes[1].plot(x, [r["mib_per_session"] for r in mine], label=shard)
-        axes[2].plot(x, [r["cpu_percent"] for r in mine], label=shard)
-        axes[3].plot(x, [r["heartbeat_age_s"] for r in mine], label=shard)
+        # One point per sample, NaN where the shard did not exist: a recycled id's line breaks
+        # instead of joining the old shard to the new one.
+        mine = {r["t_s"]: r for r in rows if r["shard"] == shard}
+        x = [t / 60 for t in times]
+        for ax, key in zip(
+            axes, ("docker_mib", "mib_per_session", "cpu_percent", "heartbeat_age_s"), strict=False
+        ):
+            ax.plot(x, [mine[t][key] if t in mine else math.nan for t in times], label=shard)
     axes[0].set_ylabel("shard MiB\n(docker stats)")
     axes[1].set_ylabel("MiB per session")
     axes[2].set_ylabel("CPU %\n(docker stats)")
@@ -77,9 +81,13 @@ def soak_plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     x = [r["t_s"] / 60 for r in fleet]
     axes[4].plot(x, [r["sent_ok"] for r in fleet], label="sent (201)")
     axes[4].plot(x, [r["received"] for r in fleet], label="incoming seen")
-    axes[4].plot(x, [r["failures"] for r in fleet], label="failed calls")
-    axes[4].plot(x, [r["recycles"] for r in fleet], label="recycle events")
     axes[4].set_ylabel("cumulative")
+    # Failures and recycles are a handful against thousands of messages: their own axis.
+    few = axes[4].twinx()
+    few.plot(x, [r["failures"] for r in fleet], "r-", label="failed calls (right)")
+    few.plot(x, [r["recycles"] for r in fleet], "k--", label="recycle events (right)")
+    few.set_ylabel("failed calls, recycles")
+    few.legend(fontsize="small", loc="lower right")
     axes[4].set_xlabel("minutes")
     for ax in axes:
         ax.legend(fontsize="small", loc="upper left")
