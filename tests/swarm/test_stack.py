@@ -52,10 +52,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[Stack, docker.DockerClient]]:
                 client.containers.get(SITE).remove(force=True)
             deployed.remove(client)
             client.images.get(original).tag(SHARD_IMAGE)
-            for image in client.images.list(filters={"label": "chatscale.test.rollout"}):
-                if image.id != original:
-                    with contextlib.suppress(docker.errors.DockerException):
-                        client.images.remove(str(image.id), force=True)
+            _remove_rollout_images(client, original)
 
 
 async def test_stack_end_to_end(
@@ -151,6 +148,22 @@ async def broken_image_holds_the_rollout(scenario: Scenario, client: docker.Dock
         await asyncio.sleep(1)
     drains = [e for e in (await scenario.status())["events"] if e["kind"] == "drain"]
     assert not [e for e in drains if e["ts"] >= built_at], "an old shard was drained"
+
+
+def _remove_rollout_images(client: docker.DockerClient, keep: str) -> None:
+    """The test's builds; a task container of the stack may still be going away: a few tries."""
+    for _ in range(10):
+        left = [
+            str(i.id)
+            for i in client.images.list(filters={"label": "chatscale.test.rollout"})
+            if i.id != keep
+        ]
+        for image in left:
+            with contextlib.suppress(docker.errors.DockerException):
+                client.images.remove(image, force=True)
+        if not left:
+            return
+        time.sleep(1)
 
 
 def _shard_services(client: docker.DockerClient) -> list[Any]:
