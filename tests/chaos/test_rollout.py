@@ -56,11 +56,10 @@ async def test_a_settings_change_replaces_every_shard_one_at_a_time_under_load(
                 await log_in(api, http, site_url, sid, f"4915100002{n:02}")
             scans = len((await site_state(http, site_url))["sessions"])
             before = {proc.pid for proc in shard_roots(PROJECT).values()}
-            draining: set[int] = set()
 
             async def settings_changed() -> None:
                 _change_shard_settings(system)
-                await asyncio.to_thread(_until_rolled_out, system, draining)
+                await asyncio.to_thread(_until_rolled_out, system)
 
             redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
             try:
@@ -71,14 +70,15 @@ async def test_a_settings_change_replaces_every_shard_one_at_a_time_under_load(
                 await redis.aclose()
             assert len((await site_state(http, site_url))["sessions"]) == scans, "a new scan"
             after = {proc.pid for proc in shard_roots(PROJECT).values()}
-    print(f"rollout: {outcome}; most shards draining at once: {max(draining)}")
+            most_draining = system.most_draining_at_once()
+    print(f"rollout: {outcome}; most shards draining at once: {most_draining}")
     assert outcome.problems == [], outcome.problems
-    # Requests are held while their session moves, and a stopped shard's requests reach its
-    # nginx backups (39 of 109 calls failed before both). A send in flight on the connection
-    # to a shard as it exits can still fail; more than a few failures means a gap reopened.
-    assert sum(outcome.failed.values()) <= 3, outcome.failed
+    # Requests are held while their session moves (also while it waits its turn to reopen),
+    # a stopped shard's requests reach its nginx backups, and a drained shard stops only once
+    # the fronts no longer route to it (39 of 109 calls failed before all that).
+    assert outcome.failed == {}, outcome.notes
     assert chaos.watch.violations == [], chaos.watch.violations
-    assert max(draining) == 1, "max_at_once is 1"
+    assert most_draining == 1, "max_at_once is 1"
     assert not before & after, "every shard process was replaced"
 
 
@@ -103,16 +103,15 @@ def _change_shard_settings(system: LocalSystem) -> None:
     system.path.write_text(yaml.safe_dump(config))
 
 
-def _until_rolled_out(system: LocalSystem, draining: set[int]) -> None:
+def _until_rolled_out(system: LocalSystem) -> None:
     """Until the autoscaler has read the new settings (a shard shows as outdated), then until
-    no shard is outdated or draining (noting how many drained at once)."""
+    no shard is outdated or draining."""
 
     def seen() -> bool:
         return any(s["outdated"] for s in system.status()["shards"])
 
     def done() -> bool:
         shards = system.status()["shards"]
-        draining.add(sum(1 for s in shards if s["state"] == "draining"))
         fresh = [s for s in shards if s["state"] == "ready" and not s["outdated"]]
         return len(fresh) == len(shards) >= 2
 

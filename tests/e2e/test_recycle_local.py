@@ -98,7 +98,7 @@ async def test_shards_past_max_age_are_replaced_one_at_a_time_without_a_scan(
         drains = _drains(system)
         assert len({d["shard"] for d in drains}) >= 2, drains
         assert all("max_age" in d["reason"] for d in drains), drains
-        assert _most_draining_at_once(system) == 1, "one shard recycled at a time (max_at_once 1)"
+        assert system.most_draining_at_once() == 1, "one shard recycled at a time (max_at_once 1)"
 
 
 @contextlib.contextmanager
@@ -132,19 +132,3 @@ def _ready(system: LocalSystem) -> int:
 
 def _drains(system: LocalSystem) -> list[dict[str, str]]:
     return [e for e in system.status()["events"] if e["kind"] == "drain"]
-
-
-def _most_draining_at_once(system: LocalSystem) -> int:
-    """From the event log, not from sampling the status page: a drain of three sessions can
-    begin and end between two samples."""
-    draining: set[str] = set()
-    most = 0
-    for event in sorted(system.status()["events"], key=lambda e: float(e["ts"])):
-        if event["outcome"] != "ok":
-            continue
-        if event["kind"] == "drain":
-            draining.add(event["shard"])
-        elif event["kind"] in ("stop", "cancel_drain"):
-            draining.discard(event["shard"])
-        most = max(most, len(draining))
-    return most

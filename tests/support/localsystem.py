@@ -121,6 +121,22 @@ class LocalSystem:
         with urllib.request.urlopen(f"{self.status_url}/api/status", timeout=5) as resp:
             return dict(json.load(resp))
 
+    def most_draining_at_once(self) -> int:
+        """The most shards draining at one time, from the event log (drain, then stop or
+        cancel_drain), not from sampling the status page: a drain of a few sessions can begin
+        and end between two samples."""
+        draining: set[str] = set()
+        most = 0
+        for event in sorted(self.status()["events"], key=lambda e: float(e["ts"])):
+            if event["outcome"] != "ok":
+                continue
+            if event["kind"] == "drain":
+                draining.add(event["shard"])
+            elif event["kind"] in ("stop", "cancel_drain"):
+                draining.discard(event["shard"])
+            most = max(most, len(draining))
+        return most
+
     def nginx_conf(self) -> str:
         path = Path(self.config["nginx"]["config_path"])
         return path.read_text() if path.exists() else ""
