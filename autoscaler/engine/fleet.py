@@ -49,8 +49,16 @@ class ShardInstance:
 
     def outdated(self, fingerprint: str) -> bool:
         """Started with other shard settings than `fingerprint`, or from an older image."""
+        return bool(self.outdated_by(fingerprint))
+
+    def outdated_by(self, fingerprint: str) -> str:
+        """What is older: "shard settings", "image", both joined by "and", or "" (current)."""
         settings = bool(self.config_hash and fingerprint and self.config_hash != fingerprint)
-        return settings or self.image_changed
+        older = [
+            *(["shard settings"] if settings else []),
+            *(["image"] if self.image_changed else []),
+        ]
+        return " and ".join(older)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from autoscaler.activator.hold import Activator
-from autoscaler.engine.fleet import ShardInstance
 from autoscaler.engine.model import ShardState
 from autoscaler.loop.daemon import Daemon, Decision
 from autoscaler.web.appkeys import ACTIVATOR, DAEMON, DELIVERER
@@ -208,19 +207,12 @@ def _shards(daemon: Daemon) -> list[dict[str, Any]]:
                 # Started with other shard settings than the running config, or from an
                 # older image (until replaced); `outdated_by` says which.
                 "outdated": bool(instance and instance.outdated(daemon.config.fingerprint())),
-                "outdated_by": _outdated_by(instance, daemon.config.fingerprint()),
+                "outdated_by": (instance.outdated_by(daemon.config.fingerprint()) or None)
+                if instance
+                else None,
             }
         )
     return rows
-
-
-def _outdated_by(instance: ShardInstance | None, fingerprint: str) -> str | None:
-    if instance is None or not instance.outdated(fingerprint):
-        return None
-    settings = bool(instance.config_hash and fingerprint and instance.config_hash != fingerprint)
-    return " and ".join(
-        [*(["shard settings"] if settings else []), *(["image"] if instance.image_changed else [])]
-    )
 
 
 def _rollout(daemon: Daemon, shards: list[dict[str, Any]]) -> dict[str, Any]:

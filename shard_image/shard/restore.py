@@ -41,8 +41,8 @@ def split(state: dict[str, Any] | None, url: str) -> Restore:
     context_state = {"cookies": state.get("cookies", []), "origins": others}
     if not own or not (own[0].get("localStorage") or own[0].get("indexedDB")):
         return Restore(context_state, None)
-    # The data as a string for JSON.parse, not as an object literal: V8 parses JSON several
-    # times faster than JavaScript, and a heavy page's snapshot is megabytes.
+    # The data as a string for JSON.parse, not as an object literal: V8's JSON parser is the
+    # lighter one for megabytes of data (measured no slower on the heavy page, docs/benchmarks.md).
     data = json.dumps(json.dumps(own[0]))
     return Restore(context_state, f"({RESTORE})(JSON.parse({data}));")
 
