@@ -11,12 +11,16 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from playwright.async_api import Browser, BrowserContext, Playwright, async_playwright
+import aiohttp
+from playwright.async_api import Browser, BrowserContext, Page, Playwright, async_playwright
 
 from chatscale_contract import proctree
+
+from . import devtools
+from .devtools import DevTools, DevToolsError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,10 @@ class BrowserHost:
         self._closing = False
         self._lock = asyncio.Lock()
         self.launches = 0
+        self._devtools: DevTools | None = None
+        """The shard's own DevTools connection (devtools.py); None when there is none."""
+        self.scripts_over_devtools = 0
+        """Init scripts sent over that connection rather than through Playwright."""
         self.marker = f"{os.getpid()}-{id(self):x}"
 
     async def start(self) -> None:
@@ -68,7 +76,7 @@ class BrowserHost:
         browser = await self._playwright.chromium.launch(
             executable_path=self.executable,
             headless=self.headless,
-            args=list(CHROMIUM_ARGS),
+            args=[*CHROMIUM_ARGS, devtools.ARG],
             env={**os.environ, MARKER: self.marker},
             proxy={"server": self.proxy} if self.proxy else None,
         )
@@ -76,6 +84,54 @@ class BrowserHost:
         self._browser = browser
         self.launches += 1
         log.info("chromium %s started (launch #%d)", browser.version, self.launches)
+        await self._connect_devtools()
+
+    async def _connect_devtools(self) -> None:
+        if self._devtools is not None:
+            await self._devtools.close()
+            self._devtools = None
+        url = await asyncio.to_thread(devtools.locate, MARKER, self.marker)
+        if url is None:
+            log.warning("no DevTools port found: restores go through Playwright's driver")
+            return
+        try:
+            self._devtools = await DevTools.connect(url)
+        except (OSError, aiohttp.ClientError) as exc:
+            log.warning("DevTools connection failed (%s): restores go through Playwright", exc)
+
+    @property
+    def devtools(self) -> DevTools | None:
+        """The shard's own DevTools connection to the running browser, if there is one."""
+        return self._devtools
+
+    @contextlib.asynccontextmanager
+    async def init_script(self, page: Page, source: str) -> AsyncIterator[None]:
+        """`source` runs first in each new document of `page` while inside (restore.py). Sent
+        over the shard's own DevTools connection when there is one (devtools.py: megabytes of
+        snapshot need not pass through Playwright's driver), else through Playwright."""
+        async with contextlib.AsyncExitStack() as stack:
+            if not await self._devtools_script(stack, page, source):
+                await stack.enter_async_context(await page.add_init_script(source))
+            yield
+
+    async def _devtools_script(
+        self, stack: contextlib.AsyncExitStack, page: Page, source: str
+    ) -> bool:
+        tools = self._devtools
+        if tools is None or tools.closed:
+            return False
+        cdp = await page.context.new_cdp_session(page)
+        try:
+            target = (await cdp.send("Target.getTargetInfo"))["targetInfo"]["targetId"]
+        finally:
+            await cdp.detach()
+        try:
+            await stack.enter_async_context(tools.init_script(target, source))
+        except DevToolsError as exc:
+            log.warning("init script over DevTools failed (%s); sending it through Playwright", exc)
+            return False
+        self.scripts_over_devtools += 1
+        return True
 
     def _disconnected(self, _browser: Browser) -> None:
         if self._closing:
@@ -103,6 +159,8 @@ class BrowserHost:
         # Recorded before closing: once the browser is gone its helpers are adopted by init and
         # no longer show below it.
         recorded = proctree.marked_tree(MARKER, self.marker)
+        if self._devtools is not None:
+            await self._devtools.close()
         if self._browser is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._browser.close(), 10)

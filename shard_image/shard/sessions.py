@@ -286,7 +286,8 @@ class SessionManager:
     async def _open(self, session: LiveSession) -> None:
         state = await self._load_snapshot(session.id)
         opened = time.monotonic()
-        restore = split(state, session.driver.url)
+        # Off the event loop: a heavy page's snapshot is megabytes of JSON to encode again.
+        restore = await asyncio.to_thread(split, state, session.driver.url)
         session.restored = state is not None
         if session.restored:
             # What it opens from is saved already, so it need not be snapshotted before it is
@@ -303,7 +304,7 @@ class SessionManager:
             await session.driver.open(session.page)
         else:
             # Applied by the first document only: later loads must see the site's own changes.
-            async with await session.page.add_init_script(restore.page_script):
+            async with self.browser.init_script(session.page, restore.page_script):
                 await session.driver.open(session.page)
         self.metrics.open_seconds.observe(time.monotonic() - opened)
         if state is not None:

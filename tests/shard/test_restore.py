@@ -3,14 +3,17 @@ the site stored comes back exactly, with no hidden page, once per page (not on r
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
 from playwright.async_api import Browser, async_playwright
-from shard.browser import CHROMIUM_ARGS
+from shard import devtools
+from shard.browser import CHROMIUM_ARGS, MARKER, BrowserHost
 from shard.restore import Restore, origin_of, split
 from shard.settings import DEBIAN_CHROMIUM
 from support.procs import free_port
@@ -147,6 +150,15 @@ async def browser() -> AsyncIterator[Browser]:
         await chromium.close()
 
 
+@pytest_asyncio.fixture
+async def host() -> AsyncIterator[BrowserHost]:
+    """The shard's own browser host: restores go over its DevTools connection."""
+    host = BrowserHost(DEBIAN_CHROMIUM)
+    await host.start()
+    yield host
+    await host.stop()
+
+
 async def _snapshot(browser: Browser, url: str) -> dict[str, Any]:
     context = await browser.new_context()
     page = await context.new_page()
@@ -158,27 +170,48 @@ async def _snapshot(browser: Browser, url: str) -> dict[str, Any]:
     return state
 
 
+@pytest.mark.parametrize("path", ["devtools", "playwright"])
 async def test_a_snapshot_comes_back_exactly_in_the_sessions_own_page(
-    browser: Browser, site: str
+    host: BrowserHost, browser: Browser, site: str, path: str
 ) -> None:
+    """Over the shard's own DevTools connection, and through Playwright when that is gone."""
     state = await _snapshot(browser, site)
     restore = split(state, site)
     assert restore.page_script is not None
     assert restore.context_state == {"cookies": state["cookies"], "origins": []}
+    assert host.devtools is not None, "the browser host connects to its DevTools port"
+    if path == "playwright":
+        await host.devtools.close()
     pages: list[str] = []
-    context = await browser.new_context(storage_state=restore.context_state)  # type: ignore[arg-type]
+    context = await host.new_context(restore.context_state)
     context.on("page", lambda p: pages.append(p.url))
     page = await context.new_page()
-    async with await page.add_init_script(restore.page_script):
+    async with host.init_script(page, restore.page_script):
         await page.goto(site)
     assert await page.evaluate(READ) == EXPECTED
+    assert host.scripts_over_devtools == (1 if path == "devtools" else 0)
     assert [c["name"] for c in await context.cookies()] == ["c"]
     assert pages == ["about:blank"], "no page besides the session's own"
-    # The site's own changes survive a reload: the snapshot is applied once per page.
-    await page.evaluate("localStorage.setItem('a', '2')")
+    # The site's own changes survive a reload: the snapshot is applied once per page, and
+    # the script is gone once the open is done.
+    await page.evaluate("localStorage.setItem('a', '2'); sessionStorage.clear()")
     await page.reload()
     assert await page.evaluate("localStorage.getItem('a')") == "2"
     await context.close()
+
+
+async def test_pages_cannot_use_the_devtools_port(host: BrowserHost) -> None:
+    """Chromium refuses a DevTools WebSocket that carries an Origin header, as a page's does;
+    the shard's own connection sends none."""
+    url = await asyncio.to_thread(devtools.locate, MARKER, host.marker)
+    assert url is not None and url.startswith("ws://127.0.0.1:")
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(url, headers={"Origin": "http://127.0.0.1:9"})
+        assert refused.value.status == 403
+        async with http.ws_connect(url) as ws:
+            await ws.send_json({"id": 1, "method": "Browser.getVersion"})
+            assert "product" in (await ws.receive_json())["result"]
 
 
 async def test_another_origin_still_goes_through_the_context(browser: Browser, site: str) -> None:
