@@ -177,15 +177,16 @@ def decide(observed: Observed, policy: Policy, history: History, now: float) -> 
     # Replacements are bounded like starts: a whole fleet silent at once more likely means a
     # problem on our side than that many crashes, and a bounded pace limits the damage.
     replace = dead[: policy.scale_up.max_step]
+    adoptable = _adoptable(observed, groups)
     actions = [
         *(Action(ActionKind.REPLACE, s.id, _dead_reason(s)) for s in replace),
         *grow,
         *shrink,
         *recycle.actions,
-        *_finish_drains(draining, cancelled, _adoptable(observed, groups), policy, now),
+        *_finish_drains(draining, cancelled, adoptable, policy, now),
     ]
     reasons = (*need.reasons, *bound_reasons, *stable_reasons, *_overdue(draining, policy, now))
-    waits = _stop_waits(draining, _adoptable(observed, groups), policy, now)
+    waits = _stop_waits(draining, adoptable, policy, now)
     reasons = (*reasons, *recycle.reasons, *waits)
     reasons = (*reasons, *_room_reasons(observed, grow, desired - current), *observed.notes)
     if desired < current and recovering:

@@ -338,11 +338,13 @@ class SwarmRuntime:
 
     def _api(self, method: str, *args: Any, **kwargs: Any) -> Any:
         import docker.errors
+        import requests
 
         self.calls += 1
         try:
             return getattr(self.client.api, method)(*args, **kwargs)
-        except docker.errors.DockerException as exc:
+        # An engine that does not answer at all raises the HTTP library's own errors.
+        except (docker.errors.DockerException, requests.RequestException) as exc:
             raise RuntimeFailure(f"docker: {exc}") from exc
 
     def _check(self) -> None:
@@ -369,14 +371,23 @@ class SwarmRuntime:
 
     def _image_ref(self) -> str:
         """image_ref of shard.image on the manager's engine, read at most every IMAGE_TTL
-        seconds; "" when the engine has no image by that name (nodes pull it by its name)."""
+        seconds; "" when the engine has no image by that name (nodes pull it by its name).
+        An engine that fails to answer is not taken to have no image: the last answer stands
+        (else services made meanwhile would carry no image label and be replaced later)."""
         if self._image and time.monotonic() - self._image[1] < IMAGE_TTL:
             return self._image[0]
+        import docker.errors
+
         name = self.config.shard.image
         try:
             found = self._api("inspect_image", name)
             ref = image_ref(name, str(found.get("Id", "")), found.get("RepoDigests") or [])
-        except RuntimeFailure:
+        except RuntimeFailure as exc:
+            if not isinstance(exc.__cause__, docker.errors.ImageNotFound):
+                if self._image is None:
+                    raise
+                log.warning("image %s not inspected (%s); using the last answer", name, exc)
+                return self._image[0]
             ref = ""
         self._image = (ref, time.monotonic())
         return ref

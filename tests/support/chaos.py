@@ -53,6 +53,11 @@ class Call:
     def ok(self) -> bool:
         return 200 <= self.status < 300
 
+    @property
+    def label(self) -> str:
+        """Kind and status, e.g. "send 503" or "read no answer"."""
+        return f"{self.kind} {self.status or 'no answer'}"
+
 
 @dataclass
 class Load:
@@ -93,15 +98,17 @@ class Load:
         """When the last call after `since` failed (`since` itself if none did)."""
         return max((c.at for c in self.since(since) if not c.ok), default=since)
 
+    def failed(self, since: float, until: float) -> list[Call]:
+        """The calls in [since, until] that failed, in order."""
+        return [c for c in self.since(since) if c.at <= until and not c.ok]
+
     def failures(self, since: float, until: float) -> dict[str, int]:
         """Failed calls in [since, until] by kind and status, e.g. {"send 503": 2}."""
-        failed = [c for c in self.since(since) if c.at <= until and not c.ok]
-        return dict(collections.Counter(f"{c.kind} {c.status or 'no answer'}" for c in failed))
+        return dict(collections.Counter(c.label for c in self.failed(since, until)))
 
     def why(self, since: float, until: float, most: int = 5) -> list[str]:
         """What the first `most` failed calls in [since, until] were answered."""
-        failed = [c for c in self.since(since) if c.at <= until and not c.ok]
-        return [f"{c.kind} {c.status or 'no answer'}: {c.why}" for c in failed[:most]]
+        return [f"{c.label}: {c.why}" for c in self.failed(since, until)[:most]]
 
     async def call(self, method: str, path: str, kind: str, body: Any = None) -> int:
         status, why = 0, ""

@@ -34,6 +34,8 @@ from autoscaler.runtimes.base import LABEL_IMAGE, LABEL_PROJECT, LABEL_SHARD
 pytestmark = [pytest.mark.docker, pytest.mark.browser, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 SHARD_IMAGE = "chatscale-shard:latest"
+PROJECT = e2e_config(ROOT)["runtime"]["project"]
+"""The project label of the stack's shard services (runtime.project in the test config)."""
 
 
 @pytest.fixture
@@ -170,5 +172,5 @@ def _shard_services(client: docker.DockerClient) -> list[Any]:
     return [
         s
         for s in client.services.list(filters={"label": LABEL_SHARD})
-        if s.attrs["Spec"]["Labels"].get(LABEL_PROJECT) == "chatscale"
+        if s.attrs["Spec"]["Labels"].get(LABEL_PROJECT) == PROJECT
     ]
