@@ -259,7 +259,10 @@ class SessionManager:
             raise
         except Exception as exc:
             log.warning("session %s failed: %s", session.id, exc)
-            await self._set_status(session, Status.FAILED, str(exc))
+            try:
+                await self._set_status(session, Status.FAILED, str(exc))
+            except RedisError:  # Redis away: this copy at least says so (nothing retries it)
+                session.status, session.error = Status.FAILED, str(exc)
 
     async def _open_retrying(self, session: LiveSession) -> bool:
         """Open the session, again after OPEN_RETRY_DELAYS if it fails; False if it was lost
@@ -379,14 +382,18 @@ class SessionManager:
         return time.time() - session.snapshot_at >= self.settings.snapshot_interval
 
     async def _set_status(self, session: LiveSession, status: Status, error: str = "") -> bool:
-        """Record a status change; False (and the local copy closed) if the session was lost."""
-        session.status, session.error = status, error
+        """Record a status change; False (and the local copy closed) if the session was lost.
+
+        The copy in memory, which the API shows, changes only once Redis has the change and
+        its webhook event (one atomic write): a client that saw WORKING and then killed the
+        shard found no WORKING event when the page was slow to answer `me` (a busy machine)."""
         fields = {"status": status.value, "error": error}
         if status == Status.WORKING and session.page is not None:
             with contextlib.suppress(Exception):  # only a nicety: WAHA's `me`
                 session.me = await session.driver.me(session.page) or ""
             fields["me"] = session.me
         if await self.registry.update(session.id, session.token, fields):
+            session.status, session.error = status, error
             return True
         await self.lost(session)
         return False
