@@ -31,6 +31,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def engine_errors() -> tuple[type[Exception], ...]:
+    """What a Docker SDK call raises when the engine refuses it or does not answer at all (the
+    HTTP library's own errors, which the SDK lets through): both mean RuntimeFailure here."""
+    import docker.errors
+    import requests
+
+    return (docker.errors.DockerException, requests.RequestException)
+
+
 def container_name(config: Config, shard_id: str) -> str:
     return f"{config.runtime.project}-{shard_id}"
 
@@ -166,7 +175,7 @@ class DockerRuntime:
             return self.client.containers.get(container_name(self.config, shard_id))
         except docker.errors.NotFound:
             return None
-        except docker.errors.DockerException as exc:
+        except engine_errors() as exc:
             raise RuntimeFailure(f"docker: {exc}") from exc
 
     def _instance(self, container: Container, image: str = "") -> ShardInstance:
@@ -190,11 +199,9 @@ class DockerRuntime:
 
     @staticmethod
     def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        import docker.errors
-
         try:
             return fn(*args, **kwargs)
-        except docker.errors.DockerException as exc:
+        except engine_errors() as exc:
             raise RuntimeFailure(f"docker: {exc}") from exc
 
 

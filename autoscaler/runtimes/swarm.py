@@ -33,6 +33,7 @@ from autoscaler.runtimes.base import (
     epoch,
     shard_env,
 )
+from autoscaler.runtimes.docker import engine_errors
 from chatscale_contract.config import Config, parse_size
 
 if TYPE_CHECKING:
@@ -337,14 +338,10 @@ class SwarmRuntime:
     # --- synchronous parts, run in threads --------------------------------------------------
 
     def _api(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        import docker.errors
-        import requests
-
         self.calls += 1
         try:
             return getattr(self.client.api, method)(*args, **kwargs)
-        # An engine that does not answer at all raises the HTTP library's own errors.
-        except (docker.errors.DockerException, requests.RequestException) as exc:
+        except engine_errors() as exc:
             raise RuntimeFailure(f"docker: {exc}") from exc
 
     def _check(self) -> None:

@@ -1,6 +1,8 @@
-"""How the Swarm runtime reads what shard.image names, against a real Docker engine (no swarm
-needed: only `docker image inspect` is asked): an image the engine lacks is "" (nodes pull it
-by name); an engine that fails to answer is not taken to lack it."""
+"""What the Docker runtimes make of the engine's answers, against a real Docker engine (no swarm
+needed) and a port nothing listens on: an engine that does not answer is a RuntimeFailure (which
+the observer reports as "runtime unreadable"), for both runtimes. The Swarm runtime's view of
+shard.image: an image the engine lacks is "" (nodes pull it by name); an engine that fails to
+answer is not taken to lack it."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pytest
 from support.procs import free_port
 
 from autoscaler.runtimes.base import RuntimeFailure
+from autoscaler.runtimes.docker import DockerRuntime
 from autoscaler.runtimes.swarm import SwarmRuntime
 from chatscale_contract.config import Config
 
@@ -28,6 +31,17 @@ def runtime(client: Any, image: str = MISSING) -> SwarmRuntime:
     shard = {"image": image, "network": "fleet"}
     config = Config.model_validate({"runtime": {"kind": "swarm"}, "shard": shard})
     return SwarmRuntime(config, client)
+
+
+async def test_an_engine_that_does_not_answer_is_a_runtime_failure() -> None:
+    dead = dead_engine()
+    try:
+        with pytest.raises(RuntimeFailure, match="docker"):
+            await DockerRuntime(Config.model_validate({}), dead).list_shards()
+        with pytest.raises(RuntimeFailure, match="docker"):
+            await runtime(dead).list_shards()
+    finally:
+        dead.close()
 
 
 def test_an_image_the_engine_lacks_is_named_by_nothing(docker_client: Any) -> None:
