@@ -103,9 +103,14 @@ class DevTools:
         return self._ws.closed
 
     async def call(
-        self, method: str, params: dict[str, Any] | None = None, session: str | None = None
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        session: str | None = None,
+        large: bool = False,
     ) -> dict[str, Any]:
-        """Send one command (to a target's `session` if given) and return its result."""
+        """Send one command (to a target's `session` if given) and return its result; a `large`
+        one (megabytes of restore script) is encoded off the event loop."""
         if self._ws.closed:
             raise DevToolsError("the DevTools connection is closed")
         ident = next(self._ids)
@@ -114,8 +119,7 @@ class DevTools:
             message["sessionId"] = session
         answer = self._pending[ident] = asyncio.get_running_loop().create_future()
         try:
-            # A restore script is megabytes: encoded off the event loop.
-            text = await asyncio.to_thread(json.dumps, message)
+            text = await asyncio.to_thread(json.dumps, message) if large else json.dumps(message)
             await self._ws.send_str(text)
             return await asyncio.wait_for(answer, CALL_TIMEOUT)
         except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
@@ -132,7 +136,8 @@ class DevTools:
         try:
             # Scripts added by a session run only once its Page domain is enabled.
             await self.call("Page.enable", session=session)
-            await self.call("Page.addScriptToEvaluateOnNewDocument", {"source": source}, session)
+            script = {"source": source}
+            await self.call("Page.addScriptToEvaluateOnNewDocument", script, session, large=True)
             yield
         finally:
             with contextlib.suppress(DevToolsError):

@@ -201,11 +201,17 @@ async def test_a_snapshot_comes_back_exactly_in_the_sessions_own_page(
 
 
 async def test_pages_cannot_use_the_devtools_port(host: BrowserHost) -> None:
-    """Chromium refuses a DevTools WebSocket that carries an Origin header, as a page's does;
-    the shard's own connection sends none."""
+    """Chromium refuses a DevTools WebSocket that carries an Origin header, as a page's does,
+    and answers its HTTP endpoints only for an IP or localhost Host (no DNS rebinding); the
+    shard's own connection sends no Origin."""
     url = await asyncio.to_thread(devtools.locate, MARKER, host.marker)
     assert url is not None and url.startswith("ws://127.0.0.1:")
+    version = "http" + url[2:].split("/devtools/")[0] + "/json/version"
     async with aiohttp.ClientSession() as http:
+        async with http.get(version, headers={"Host": "rebound.example"}) as refused_host:
+            assert refused_host.status != 200
+        async with http.get(version) as answered:
+            assert answered.status == 200
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await http.ws_connect(url, headers={"Origin": "http://127.0.0.1:9"})
         assert refused.value.status == 403

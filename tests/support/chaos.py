@@ -17,6 +17,7 @@ import collections
 import contextlib
 import itertools
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -96,7 +97,7 @@ class Load:
 
     def last_failure(self, since: float) -> float:
         """When the last call after `since` failed (`since` itself if none did)."""
-        return max((c.at for c in self.since(since) if not c.ok), default=since)
+        return max((c.at for c in self.failed(since, math.inf)), default=since)
 
     def failed(self, since: float, until: float) -> list[Call]:
         """The calls in [since, until] that failed, in order."""
