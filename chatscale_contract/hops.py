@@ -23,6 +23,11 @@ ADOPT = "X-Chatscale-Adopt"
 autoscaler placing an orphan). The shard then only takes a session that still exists and should
 run: a session deleted or stopped while it moved must not come back as a new one."""
 
+NO_ROOM = "X-Chatscale-No-Room"
+"""Set on the 503 a shard answers for a passed-on create it cannot take after all (it filled up
+or began draining since the heartbeat the sender placed it by). The shard that passed it on then
+tries the next shard with room; an activator just waits for its next chance, as for any 503."""
+
 HOP_BY_HOP = frozenset(
     {
         "connection",

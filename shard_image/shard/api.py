@@ -18,7 +18,7 @@ from playwright.async_api import Error as PlaywrightError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from chatscale_contract.hops import ADOPT, FORWARDED_BY
+from chatscale_contract.hops import ADOPT, FORWARDED_BY, NO_ROOM
 from chatscale_contract.ids import InvalidSessionId, check_session_id
 from chatscale_contract.webhooks import hooks_text, session_hooks
 from shard.access import (
@@ -36,6 +36,7 @@ from shard.errors import Handler, json_error
 from shard.handoff import Moved, hold, moving_answer
 from shard.limits import Limited, admit_create, admit_send
 from shard.registry import Full, Gone, OwnedElsewhere
+from shard.routing import NoRoom
 from shard.sessions import Draining, LiveSession, NotHere, SessionSpec, Status
 from shard.state import SHARD, Shard
 from shard.waha.names import BadName, NameTaken, NoSession
@@ -424,16 +425,32 @@ async def ensure_started(
         return _gone(sid)
     mine = where.record.get("owner") == shard.settings.shard_id
     if not forwarded and not mine:
-        target = await shard.router.place(sid, shard.has_room())
+        return await placed(request, sid, spec)
+    return await start_here(request, sid, spec)
+
+
+async def placed(request: web.Request, sid: str, spec: SessionSpec) -> web.StreamResponse:
+    """Start a new session on the shard with room for it: here, or passed on. Placement goes by
+    heartbeats, which can be a few seconds behind: a shard that turns out to have no room is
+    passed over for the next one, and with none left the request is refused (held)."""
+    shard = request.app[SHARD]
+    passed_over: set[str] = set()
+    while True:
+        target = await shard.router.place(sid, shard.has_room(), exclude=passed_over)
         if target is None:
             return await refuse(request, sid)
-        if target != shard.settings.shard_id:
-            # Creates are always passed on as the canonical PUT, whatever form they came in.
-            shard.metrics.forwarded.inc()
-            body = json.dumps(_spec_body(spec)).encode()
-            path = f"/api/sessions/{sid}"
-            return await shard.router.forward(request, target, body, method="PUT", path=path)
-    return await start_here(request, sid, spec)
+        if target == shard.settings.shard_id:
+            return await start_here(request, sid, spec)
+        # Creates are always passed on as the canonical PUT, whatever form they came in.
+        shard.metrics.forwarded.inc()
+        body = json.dumps(_spec_body(spec)).encode()
+        path = f"/api/sessions/{sid}"
+        try:
+            return await shard.router.forward(
+                request, target, body, method="PUT", path=path, placing=True
+            )
+        except NoRoom:
+            passed_over.add(target)
 
 
 def _gone(sid: str) -> web.Response:
@@ -459,7 +476,7 @@ async def start_here(request: web.Request, sid: str, spec: SessionSpec) -> web.S
     except Gone:
         return _gone(sid)
     except Draining:
-        return json_error(503, "this shard is draining", retry_after=1)
+        return _no_room(request, json_error(503, "this shard is draining", retry_after=1))
     except Full:
         return await refuse(request, sid)
     except OwnedElsewhere as exc:
@@ -482,7 +499,15 @@ async def refuse(request: web.Request, sid: str) -> web.Response:
         if answer is not None:
             shard.metrics.activated.inc()
             return answer
-    return json_error(503, "no shard has room for a new session; retry later", retry_after=5)
+    answer = json_error(503, "no shard has room for a new session; retry later", retry_after=5)
+    return _no_room(request, answer)
+
+
+def _no_room(request: web.Request, answer: web.Response) -> web.Response:
+    """Mark a refused create that another shard passed here, so that one tries elsewhere."""
+    if FORWARDED_BY in request.headers:
+        answer.headers[NO_ROOM] = "1"
+    return answer
 
 
 async def get_session(request: web.Request) -> web.StreamResponse:

@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from chatscale_contract.beat import Beat, ReportedState
-from chatscale_contract.hops import ADOPT, FORWARDED_BY, PASS_BACK, passed_headers
+from chatscale_contract.hops import ADOPT, FORWARDED_BY, NO_ROOM, PASS_BACK, passed_headers
 from chatscale_contract.placement import place
 from chatscale_contract.ring import Ring
 from shard.errors import json_error
@@ -24,6 +24,10 @@ from shard.registry import Registry
 from shard.settings import ShardSettings
 
 VIEW_TTL = 1.0
+
+
+class NoRoom(Exception):
+    """The shard a new session was passed to cannot take it after all (hops.NO_ROOM)."""
 
 
 class Router:
@@ -86,8 +90,10 @@ class Router:
         body: bytes,
         method: str | None = None,
         path: str | None = None,
+        placing: bool = False,
     ) -> web.Response:
-        """Replay `request` (or `method path` with its headers) on `shard_id`; return its answer."""
+        """Replay `request` (or `method path` with its headers) on `shard_id`; return its answer.
+        `placing`: a create passed on for room; raises NoRoom when `shard_id` has none."""
         addr = await self.addr(shard_id)
         if addr is None:
             return json_error(503, f"owner {shard_id} is not reachable", retry_after=2)
@@ -98,6 +104,8 @@ class Router:
             async with self.http.request(verb, url, headers=headers, data=body) as resp:
                 if resp.status == 503 and MOVING in resp.headers:
                     raise Moved()  # it moved on from there: the handler runs again here
+                if placing and resp.status == 503 and NO_ROOM in resp.headers:
+                    raise NoRoom()
                 return await _passed_back(resp)
         except (aiohttp.ClientError, TimeoutError) as exc:
             return json_error(503, f"owner {shard_id} did not answer: {exc}", retry_after=2)

@@ -56,6 +56,33 @@ async def test_capacity_refuses_the_next_session_and_leaks_nothing(
     assert len(listing["sessions"]) == 3
 
 
+async def test_a_create_passed_to_a_shard_full_since_its_heartbeat_goes_to_the_next(
+    fleet: ShardFleet, http: aiohttp.ClientSession, redis_url: str
+) -> None:
+    """Placement goes by heartbeats; shard-2 fills up between two of its (slow) beats, so
+    shard-1 passes a create to it that it cannot take: shard-1 then places it elsewhere."""
+    first = fleet.start("shard-1", MAX_SESSIONS="3")
+    second = fleet.start(
+        "shard-2", MAX_SESSIONS="1", HEARTBEAT_INTERVAL="20", HEARTBEAT_TIMEOUT="60"
+    )
+    ring = await publish_ring(redis_url, [first, second])
+    filler, sid = ids_owned_by(ring, "shard-2", 2, "late")
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    deadline = time.monotonic() + 10
+    while not await client.exists(KEYS.shard("shard-2")):
+        assert time.monotonic() < deadline, "shard-2 never beat"
+        await asyncio.sleep(0.1)
+    code, body, _ = await Api(http, second.url).call("PUT", f"/api/sessions/{filler}", {})
+    assert code == 201 and body["shard"] == "shard-2", body
+    beat = await client.hgetall(KEYS.shard("shard-2"))
+    await client.aclose()
+    assert beat["state"] != "full", (
+        f"shard-2 beat since it filled up; the test needs it not to: {beat}"
+    )
+    code, body, _ = await Api(http, first.url).call("PUT", f"/api/sessions/{sid}", {})
+    assert code == 201 and body["shard"] == "shard-1", body
+
+
 async def test_racing_creates_end_with_one_owner(
     fleet: ShardFleet, http: aiohttp.ClientSession, redis_url: str
 ) -> None:
