@@ -20,15 +20,22 @@ from support.shards import API_KEY, ShardFleet
 
 pytestmark = [pytest.mark.browser]
 EXAMPLES = 30
+# Headers that frame the HTTP message itself. A generated value for one of them (say
+# `Transfer-Encoding: udZY`) makes the request invalid HTTP: aiohttp's parser refuses it with
+# a plain-text 400 before any handler runs, as nginx in front would with its own HTML page.
+FRAMING = {"transfer-encoding", "content-length"}
 
 
-def check(response: Any, surface: str) -> None:
-    """`response` is schemathesis's: headers lowercase, each a list of values."""
+def check(response: Any, surface: str, framing: bool = False) -> None:
+    """`response` is schemathesis's: headers lowercase, each a list of values. `framing`:
+    the generator set a message-framing header, so the HTTP layer may answer a plain 400."""
     where = f"{response.request.method} {response.request.url}"
     status = response.status_code
     assert status not in (500, 502, 504), f"{where}: {status} {response.text[:300]}"
     if status == 503:
         assert "retry-after" in response.headers, f"{where}: 503 without Retry-After"
+    if status == 400 and framing:
+        return
     if status >= 400:
         content = response.headers.get("content-type", [""])[0]
         assert content.startswith("application/json"), f"{where}: {status} {content}"
@@ -58,7 +65,8 @@ def fuzz(document: dict[str, Any], base: str, surface: str) -> int:
             nonlocal sent
             response = case.call(base_url=base, headers={"X-Api-Key": API_KEY}, timeout=60)
             sent += 1
-            check(response, surface)
+            generated = {name.lower() for name in case.headers or {}}
+            check(response, surface, framing=bool(generated & FRAMING))
 
         try:
             one()
