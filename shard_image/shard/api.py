@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from aiohttp import web
@@ -41,6 +42,8 @@ from shard.sessions import Draining, LiveSession, NotHere, SessionSpec, Status
 from shard.state import SHARD, Shard
 from shard.waha.names import BadName, NameTaken, NoSession
 from shard.waha.names import session_id as waha_id
+
+T = TypeVar("T")
 
 _OPEN_PATHS = {"/health", "/metrics", "/openapi.json"}
 WAHA_DOCUMENT = "/waha/openapi.json"
@@ -526,7 +529,7 @@ async def stop_session(request: web.Request) -> web.StreamResponse:
     sid = path_id(request)
     where = await visible(request, sid)
     if where.local is not None:
-        session = await shard.manager.stop(sid)
+        session = await moved_on_not_here(shard.manager.stop(sid))
         return web.json_response(live_view(shard, session))
     if where.remote_owner is None and where.record:
         await shard.registry.mark_stopped(sid)
@@ -539,12 +542,30 @@ async def delete_session(request: web.Request) -> web.StreamResponse:
     sid = path_id(request)
     where = await visible(request, sid)
     if where.local is not None:
-        await shard.manager.delete(sid)
+        await moved_on_not_here(shard.manager.delete(sid))
         return web.json_response({"id": sid, "deleted": True})
     if where.remote_owner is None and where.record:
-        await shard.registry.forget_idle(sid)
+        await forget_idle(shard, sid)
         return web.json_response({"id": sid, "deleted": True})
     return await elsewhere(request, where, sid)
+
+
+async def moved_on_not_here(work: Awaitable[T]) -> T:
+    """`work` on a session held here; if a hand-off took it away while `work` waited for it,
+    the handler runs again (handoff.py) and finds it where it went."""
+    try:
+        return await work
+    except NotHere:
+        raise Moved() from None
+
+
+async def forget_idle(shard: Shard, sid: str) -> None:
+    """Delete a session no live shard runs; one claimed meanwhile (a hand-off's new owner) is
+    deleted there when the handler runs again."""
+    try:
+        await shard.registry.forget_idle(sid)
+    except OwnedElsewhere:
+        raise Moved() from None
 
 
 async def get_qr(request: web.Request) -> web.StreamResponse:

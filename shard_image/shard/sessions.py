@@ -476,6 +476,7 @@ class SessionManager:
         """Stop and release: snapshot, close the context, keep the registry record."""
         session = self.get(sid)
         async with session.lock:
+            self._still_here(session)
             if session.status == Status.WORKING:
                 await self.snapshot(session)
             await self._close(session)
@@ -489,12 +490,20 @@ class SessionManager:
         """Log out at the site (best effort), close, and forget the session and its snapshot."""
         session = self.get(sid)
         async with session.lock:
+            self._still_here(session)
             if session.page is not None and session.status == Status.WORKING:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(session.driver.logout(session.page), 15)
             await self._close(session)
             await self.registry.forget(sid, session.token)
         self._forget_local(session)
+
+    def _still_here(self, session: LiveSession) -> None:
+        """With `session.lock` held: raise NotHere if the session was handed off (or lost)
+        while the caller waited for the lock. Its release is fenced by the token, so a stop or
+        delete going on here would change nothing in Redis while the new owner opens it."""
+        if self.sessions.get(session.id) is not session:
+            raise NotHere(session.id)
 
     async def hand_off(self, sid: str, migrate: Callable[[str], Awaitable[bool]]) -> bool:
         """Snapshot, close and release a session so another shard can restore it (drain)."""

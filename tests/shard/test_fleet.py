@@ -188,6 +188,38 @@ async def test_drain_moves_sessions_without_a_new_scan(
     wait_for(lambda: not proctree.alive(recorded), 5, "no process of the stopped shard left")
 
 
+async def test_a_delete_that_waited_for_a_hand_off_deletes_the_session_where_it_went(
+    fleet: ShardFleet, http: aiohttp.ClientSession, redis_url: str, site_url: str
+) -> None:
+    """The DELETE arrives while the drain holds the session (snapshot, close, release): when
+    it gets the session the hand-off has released it, so it runs again against the new owner
+    instead of answering 200 for a delete that changed nothing (CI saw it come back)."""
+    one, two = fleet.start("shard-1"), fleet.start("shard-2")
+    await publish_ring(redis_url, [one])
+    api = Api(http, one.url)
+    await working(api, http, site_url, "r1")
+    await publish_ring(redis_url, [one, two])
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        saved = await client.hget(KEYS.snapshot("r1"), "saved_at")
+        code, _, _ = await api.call("POST", "/admin/drain")
+        assert code == 202
+        # The hand-off's snapshot is written: it holds the session while it closes the page.
+        deadline = time.monotonic() + 10
+        while await client.hget(KEYS.snapshot("r1"), "saved_at") == saved:
+            assert time.monotonic() < deadline, "the drain took no snapshot"
+            await asyncio.sleep(0.005)
+        code, body, _ = await api.call("DELETE", "/api/sessions/r1")
+        assert code == 200, body
+        for _ in range(20):  # long enough for the hand-off to have placed it on shard-2
+            await asyncio.sleep(0.5)
+            assert not await client.exists(KEYS.session("r1")), "deleted, but back"
+            _, listing, _ = await Api(http, two.url).call("GET", "/admin/sessions")
+            assert [v["id"] for v in listing["sessions"]] == [], "deleted, but open on shard-2"
+    finally:
+        await client.aclose()
+
+
 async def test_sends_during_a_drain_are_held_not_refused(
     fleet: ShardFleet, http: aiohttp.ClientSession, redis_url: str, site_url: str
 ) -> None:

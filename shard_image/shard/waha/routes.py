@@ -24,6 +24,8 @@ from shard.api import (
     BadRequest,
     elsewhere,
     ensure_started,
+    forget_idle,
+    moved_on_not_here,
     read_json,
     settled,
     start_here,
@@ -139,7 +141,7 @@ async def update(request: web.Request) -> web.StreamResponse:
     base = local.spec if local else SessionSpec.from_record(found.where.record)
     spec = spec_for(found.name, found.sid, body.get("config"), base)
     if local is not None:
-        await shard.manager.stop(found.sid)
+        await moved_on_not_here(shard.manager.stop(found.sid))
         return await _dto(request, await start_here(request, found.sid, spec), found, 200)
     if found.where.record.get("status", "STOPPED") == "STOPPED":
         await write_stopped(shard.registry, found.sid, spec)
@@ -152,9 +154,9 @@ async def delete(request: web.Request) -> web.StreamResponse:
     found = await find(request, request.match_info["name"])
     shard = request.app[SHARD]
     if found.where.local is not None:
-        await shard.manager.delete(found.sid)
+        await moved_on_not_here(shard.manager.delete(found.sid))
     elif found.where.remote_owner is None:
-        await shard.registry.forget_idle(found.sid)
+        await forget_idle(shard, found.sid)
     else:
         return await elsewhere(request, found.where, found.sid)
     return web.json_response({"name": found.name, "status": "STOPPED"})
@@ -169,7 +171,7 @@ async def stop(request: web.Request) -> web.StreamResponse:
     found = await find(request, request.match_info["name"])
     shard = request.app[SHARD]
     if found.where.local is not None:
-        session = await shard.manager.stop(found.sid)
+        session = await moved_on_not_here(shard.manager.stop(found.sid))
         return web.json_response(views.session_dto(found.sid, live_record(shard, session)))
     if found.where.remote_owner is None:
         await shard.registry.mark_stopped(found.sid)
