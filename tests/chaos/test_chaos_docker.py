@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from support.chaos import Chaos, Load, beating_shards, record
+from support.chaos import Chaos, Load, beating_shards, load_client, record
 from support.compose import IMAGES, Compose, compose_system
 from support.e2e import e2e_config, rebuild_shard_image
 from support.ownengine import BRIDGE, Engine, own_engine
@@ -94,8 +94,7 @@ async def test_the_fleet_keeps_its_invariants_through_an_oom_kill_and_a_dockerd_
         redis = aioredis.Redis.from_url(compose.redis, decode_responses=True, socket_timeout=5)
         try:
             wait_for(lambda: port_open(port, GATEWAY), 30, "the stand-in site")
-            timeout = aiohttp.ClientTimeout(total=30)
-            async with aiohttp.ClientSession(timeout=timeout) as http:
+            async with load_client() as http:
                 chaos = await _prepared(http, redis, engine, compose, site)
                 await _run_faults(chaos, engine, redis, site)
         finally:

@@ -23,7 +23,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from support.chaos import Chaos, Load, beating_shards, record
+from support.chaos import Chaos, Load, beating_shards, load_client, record
 from support.localsystem import LocalSystem, local_system
 from support.procs import wait_for
 from support.scenario import API_KEY
@@ -66,8 +66,7 @@ async def test_the_fleet_keeps_its_invariants_through_faults_under_load(
         local_system(tmp_path, sentinels.url, site_url, PROJECT, **settings()) as system,
     ):
         redis = connect(sentinels.url, socket_timeout=5)
-        timeout = aiohttp.ClientTimeout(total=30)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        async with load_client() as http:
             try:
                 chaos = await _prepared(http, redis, system, site_url)
                 await _run_faults(chaos, sentinels, system)

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 import yaml
-from support.chaos import Chaos, Load, beating_shards
+from support.chaos import Chaos, Load, beating_shards, load_client
 from support.localsystem import LocalSystem, local_system
 from support.procs import wait_for
 from support.scenario import API_KEY
@@ -52,8 +52,7 @@ async def test_a_settings_change_replaces_every_shard_one_at_a_time_under_load(
     tmp_path: Path, redis_url: str, site_url: str
 ) -> None:
     with local_system(tmp_path, redis_url, site_url, PROJECT, **settings()) as system:
-        timeout = aiohttp.ClientTimeout(total=30)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        async with load_client() as http:
             api = Api(http, system.front, API_KEY)
             for n, sid in enumerate(SESSIONS):
                 await log_in(api, http, site_url, sid, f"4915100002{n:02}")

@@ -2,7 +2,12 @@
 
 `Load` keeps the front busy the way a client app would while faults are injected: every
 logged-in session sends a message with a unique text every `pace` seconds, and a creator opens
-and deletes scratch sessions. Every call is kept, so a fault's cost is counted afterwards.
+and deletes scratch sessions. Every call is kept, so a fault's cost is counted afterwards. Each
+call goes out on a new connection (`load_client`), as a PHP app's usually do: nginx closes idle
+kept-alive client connections on every reload, and a request sent on one at that moment fails
+before nginx reads it (docs/nginx.md, "What a reload costs clients"; tests/front
+test_nginx_reload.py measures reloads on new connections). That race is the client's to handle;
+counting it here would hide what the fleet itself does during a fault.
 
 `audit` checks what must hold after any fault: no session lost (registry record, snapshot, a live
 context on its owner), none live on two shards and every live context holding the registry's
@@ -60,9 +65,18 @@ class Call:
         return f"{self.kind} {self.status or 'no answer'}"
 
 
+def load_client(timeout: float = 30) -> aiohttp.ClientSession:
+    """A client session that opens a new connection for every request."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True),
+        timeout=aiohttp.ClientTimeout(total=timeout),
+    )
+
+
 @dataclass
 class Load:
     http: aiohttp.ClientSession
+    """Made by `load_client()`."""
     front: str
     sessions: list[str]
     pace: float = 0.5
