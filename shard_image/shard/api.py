@@ -437,6 +437,8 @@ async def placed(request: web.Request, sid: str, spec: SessionSpec) -> web.Strea
     heartbeats, which can be a few seconds behind: a shard that turns out to have no room is
     passed over for the next one, and with none left the request is refused (held)."""
     shard = request.app[SHARD]
+    # Creates are always passed on as the canonical PUT, whatever form they came in.
+    body, path = json.dumps(_spec_body(spec)).encode(), f"/api/sessions/{sid}"
     passed_over: set[str] = set()
     while True:
         target = await shard.router.place(sid, shard.has_room(), exclude=passed_over)
@@ -444,10 +446,7 @@ async def placed(request: web.Request, sid: str, spec: SessionSpec) -> web.Strea
             return await refuse(request, sid)
         if target == shard.settings.shard_id:
             return await start_here(request, sid, spec)
-        # Creates are always passed on as the canonical PUT, whatever form they came in.
         shard.metrics.forwarded.inc()
-        body = json.dumps(_spec_body(spec)).encode()
-        path = f"/api/sessions/{sid}"
         try:
             return await shard.router.forward(
                 request, target, body, method="PUT", path=path, placing=True
@@ -529,7 +528,7 @@ async def stop_session(request: web.Request) -> web.StreamResponse:
     sid = path_id(request)
     where = await visible(request, sid)
     if where.local is not None:
-        session = await moved_on_not_here(shard.manager.stop(sid))
+        session = await rerun_if_handed_off(shard.manager.stop(sid))
         return web.json_response(live_view(shard, session))
     if where.remote_owner is None and where.record:
         await shard.registry.mark_stopped(sid)
@@ -542,7 +541,7 @@ async def delete_session(request: web.Request) -> web.StreamResponse:
     sid = path_id(request)
     where = await visible(request, sid)
     if where.local is not None:
-        await moved_on_not_here(shard.manager.delete(sid))
+        await rerun_if_handed_off(shard.manager.delete(sid))
         return web.json_response({"id": sid, "deleted": True})
     if where.remote_owner is None and where.record:
         await forget_idle(shard, sid)
@@ -550,9 +549,10 @@ async def delete_session(request: web.Request) -> web.StreamResponse:
     return await elsewhere(request, where, sid)
 
 
-async def moved_on_not_here(work: Awaitable[T]) -> T:
-    """`work` on a session held here; if a hand-off took it away while `work` waited for it,
-    the handler runs again (handoff.py) and finds it where it went."""
+async def rerun_if_handed_off(work: Awaitable[T]) -> T:
+    """`work` on a session held here (a SessionManager call); if a hand-off took the session
+    away while `work` waited for it (NotHere), the handler runs again (handoff.py) and finds it
+    where it went."""
     try:
         return await work
     except NotHere:
@@ -608,10 +608,7 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         raise BadRequest("to must be a non-empty string (a phone number)")
     if not isinstance(text, str) or not text or len(text) > MAX_TEXT:
         raise BadRequest(f"text must be a non-empty string of at most {MAX_TEXT} characters")
-    try:
-        message_id = await shard.manager.send_text(sid, to, text)
-    except NotHere:  # handed off while it waited for the page: not sent; run it again
-        raise Moved() from None
+    message_id = await rerun_if_handed_off(shard.manager.send_text(sid, to, text))
     return web.json_response({"id": sid, "message_id": message_id, "to": to}, status=201)
 
 

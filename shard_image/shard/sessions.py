@@ -464,8 +464,9 @@ class SessionManager:
         if session.status != Status.WORKING:
             raise DriverError(f"session is {session.status}, not WORKING")
         async with session.lock:  # (a hand-off holds it while it snapshots and closes the page)
-            if session.page is None or self.sessions.get(sid) is not session:
-                raise NotHere(sid)  # handed off or reopened while this send waited
+            self._still_here(session)
+            if session.page is None:
+                raise NotHere(sid)  # reopened while this send waited
             message_id = await session.driver.send_text(session.page, to, text)
         self.metrics.messages.inc()
         return message_id

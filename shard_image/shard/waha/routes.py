@@ -25,14 +25,13 @@ from shard.api import (
     elsewhere,
     ensure_started,
     forget_idle,
-    moved_on_not_here,
     read_json,
+    rerun_if_handed_off,
     settled,
     start_here,
 )
 from shard.catalog import STATUSES, Catalog, query_from
 from shard.errors import json_error
-from shard.handoff import Moved
 from shard.limits import admit_create, admit_send
 from shard.sessions import NotHere, SessionSpec
 from shard.state import SHARD
@@ -141,7 +140,7 @@ async def update(request: web.Request) -> web.StreamResponse:
     base = local.spec if local else SessionSpec.from_record(found.where.record)
     spec = spec_for(found.name, found.sid, body.get("config"), base)
     if local is not None:
-        await moved_on_not_here(shard.manager.stop(found.sid))
+        await rerun_if_handed_off(shard.manager.stop(found.sid))
         return await _dto(request, await start_here(request, found.sid, spec), found, 200)
     if found.where.record.get("status", "STOPPED") == "STOPPED":
         await write_stopped(shard.registry, found.sid, spec)
@@ -154,7 +153,7 @@ async def delete(request: web.Request) -> web.StreamResponse:
     found = await find(request, request.match_info["name"])
     shard = request.app[SHARD]
     if found.where.local is not None:
-        await moved_on_not_here(shard.manager.delete(found.sid))
+        await rerun_if_handed_off(shard.manager.delete(found.sid))
     elif found.where.remote_owner is None:
         await forget_idle(shard, found.sid)
     else:
@@ -171,7 +170,7 @@ async def stop(request: web.Request) -> web.StreamResponse:
     found = await find(request, request.match_info["name"])
     shard = request.app[SHARD]
     if found.where.local is not None:
-        session = await moved_on_not_here(shard.manager.stop(found.sid))
+        session = await rerun_if_handed_off(shard.manager.stop(found.sid))
         return web.json_response(views.session_dto(found.sid, live_record(shard, session)))
     if found.where.remote_owner is None:
         await shard.registry.mark_stopped(found.sid)
@@ -266,10 +265,7 @@ async def send_text(request: web.Request) -> web.StreamResponse:
     where = await settled(request, found.sid, found.where)
     if where.local is None:
         return await elsewhere(request, where, found.sid)
-    try:
-        message_id = await shard.manager.send_text(found.sid, phone, text)
-    except NotHere:  # handed off while it waited for the page: not sent; run it again
-        raise Moved() from None
+    message_id = await rerun_if_handed_off(shard.manager.send_text(found.sid, phone, text))
     sent = views.sent_message(message_id, where.local.me, f"{phone}@c.us", text)
     return web.json_response(sent, status=201)
 
