@@ -3,11 +3,11 @@
 `Load` keeps the front busy the way a client app would while faults are injected: every
 logged-in session sends a message with a unique text every `pace` seconds, and a creator opens
 and deletes scratch sessions. Every call is kept, so a fault's cost is counted afterwards. Each
-call goes out on a new connection (`load_client`), as a PHP app's usually do: nginx closes idle
-kept-alive client connections on every reload, and a request sent on one at that moment fails
-before nginx reads it (docs/nginx.md, "What a reload costs clients"; tests/front
-test_nginx_reload.py measures reloads on new connections). That race is the client's to handle;
-counting it here would hide what the fleet itself does during a fault.
+call goes out on a new connection (`load_client`): nginx closes idle kept-alive client
+connections on every reload, and a request sent on one at that moment fails before nginx reads
+it (docs/nginx.md, "What a reload costs clients"; tests/front/test_nginx_reload.py measures
+reloads on new connections). That race is between nginx and the client; counted here, it would
+be mixed into what the fleet itself does during a fault.
 
 `audit` checks what must hold after any fault: no session lost (registry record, snapshot, a live
 context on its owner), none live on two shards and every live context holding the registry's
